@@ -1,0 +1,235 @@
+"""Typed records: what an instrument is asked for and what comes back.
+
+Requests are pydantic models, so the in-process twin, the replay backend and the
+HTTP server validate them the same way (a bad field is an ``InvalidRequest`` naming
+it, or a 422 on the wire). Results are frozen dataclasses holding a NumPy array plus
+the acquisition parameters, the dose and the instrument-clock timestamps.
+
+Coordinates are in the sample (stage) frame, in nanometres: ``x_nm`` grows with the
+image column, ``y_nm`` with the image row. An image is centred on the stage position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autoscope.instruments.errors import InvalidRequest
+
+ELEMENTARY_CHARGE_C = 1.602176634e-19
+NM2_TO_A2 = 100.0
+
+
+def electrons(current_pA: float, time_s: float) -> float:
+    """Number of beam electrons delivered by ``current_pA`` during ``time_s``."""
+    return current_pA * 1e-12 * time_s / ELEMENTARY_CHARGE_C
+
+
+class Detector(StrEnum):
+    """Imaging detectors."""
+
+    HAADF = "haadf"  # high-angle annular dark field: incoherent Z-contrast
+    BF = "bf"  # bright field
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def checked(cls, **values: Any):
+        """Validate ``values``; raise ``InvalidRequest`` naming the first bad field."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err.get("loc", ())) or cls.__name__
+            raise InvalidRequest(field, err.get("msg", "invalid value")) from None
+
+
+class ImageRequest(_Request):
+    """A scanned image centred on the current stage position."""
+
+    fov_nm: float = Field(gt=0, description="side of the square field of view (nm)")
+    pixels: int = Field(ge=8, le=4096, description="pixels per side")
+    dwell_s: float = Field(gt=0, le=1.0, description="dwell time per pixel (s)")
+    detector: Detector = Detector.HAADF
+
+
+class SpectrumRequest(_Request):
+    """An EELS spectrum with the probe parked at (x_nm, y_nm)."""
+
+    x_nm: float = Field(allow_inf_nan=False, description="probe x in the sample frame (nm)")
+    y_nm: float = Field(allow_inf_nan=False, description="probe y in the sample frame (nm)")
+    dwell_s: float = Field(gt=0, le=600.0, description="exposure time (s)")
+    energy_min_eV: float = Field(ge=-50.0, description="lowest energy loss of the window (eV)")
+    energy_max_eV: float = Field(le=5000.0, description="highest energy loss of the window (eV)")
+
+    @model_validator(mode="after")
+    def _window(self) -> SpectrumRequest:
+        if self.energy_max_eV <= self.energy_min_eV:
+            raise ValueError("energy_max_eV must be greater than energy_min_eV")
+        return self
+
+
+class StageLimits(BaseModel):
+    """Travel box of the stage in the sample frame (nm)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    x_min_nm: float
+    x_max_nm: float
+    y_min_nm: float
+    y_max_nm: float
+
+    def contains(self, x_nm: float, y_nm: float) -> bool:
+        return self.x_min_nm <= x_nm <= self.x_max_nm and self.y_min_nm <= y_nm <= self.y_max_nm
+
+
+class Capabilities(BaseModel):
+    """What a backend can do; fixed for the lifetime of a session."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_fov_nm: float
+    min_pixels: int = 8
+    max_pixels: int = 4096
+    detectors: tuple[Detector, ...] = (Detector.HAADF,)
+    energy_min_eV: float
+    energy_max_eV: float
+    dispersion_eV: float
+    max_channels: int = 4096
+    current_min_pA: float
+    current_max_pA: float
+    probe_fwhm_nm: float
+    stage: StageLimits
+
+
+class InstrumentStatus(BaseModel):
+    """A snapshot of the instrument state (JSON-serialisable)."""
+
+    name: str
+    backend: str
+    stage_x_nm: float
+    stage_y_nm: float
+    probe_x_nm: float
+    probe_y_nm: float
+    beam_blanked: bool
+    current_pA: float
+    clock_s: float
+    acquisitions: int
+    total_dose_e: float
+    capabilities: Capabilities
+
+
+def _meta(obj: Any, skip: str) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        if f.name == skip:
+            continue
+        v = getattr(obj, f.name)
+        out[f.name] = v.value if isinstance(v, Detector) else v
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """A scanned image. ``data`` is (pixels, pixels) detector counts, row = y, column = x."""
+
+    data: np.ndarray
+    fov_nm: float
+    pixels: int
+    dwell_s: float
+    detector: Detector
+    center_x_nm: float
+    center_y_nm: float
+    current_pA: float
+    dose_e: float  # electrons delivered to the sample
+    dose_e_per_A2: float  # mean areal dose over the field of view
+    t_start_s: float  # instrument clock at scan start
+    t_end_s: float  # instrument clock at scan end
+
+    @property
+    def pixel_size_nm(self) -> float:
+        return self.fov_nm / self.pixels
+
+    def pixel_to_nm(self, row: float, col: float) -> tuple[float, float]:
+        """Sample-frame (x_nm, y_nm) of the centre of pixel (row, col)."""
+        p = self.pixel_size_nm
+        return (
+            self.center_x_nm - self.fov_nm / 2 + (col + 0.5) * p,
+            self.center_y_nm - self.fov_nm / 2 + (row + 0.5) * p,
+        )
+
+    def nm_to_pixel(self, x_nm: float, y_nm: float) -> tuple[float, float]:
+        """Fractional (row, col) of a sample-frame point."""
+        p = self.pixel_size_nm
+        return (
+            (y_nm - self.center_y_nm + self.fov_nm / 2) / p - 0.5,
+            (x_nm - self.center_x_nm + self.fov_nm / 2) / p - 0.5,
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-serialisable parameters (everything but the array)."""
+        return _meta(self, "data")
+
+    @classmethod
+    def from_metadata(cls, data: np.ndarray, meta: dict[str, Any]) -> ImageRecord:
+        fields = {f.name for f in dataclasses.fields(cls)} - {"data"}
+        kw = {k: meta[k] for k in fields}
+        kw["detector"] = Detector(kw["detector"])
+        return cls(data=np.asarray(data), **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumRecord:
+    """An EELS spectrum: ``counts`` per channel, channel i at ``energy_offset_eV + i * dispersion_eV``."""
+
+    counts: np.ndarray
+    energy_offset_eV: float
+    dispersion_eV: float
+    x_nm: float
+    y_nm: float
+    dwell_s: float
+    current_pA: float
+    dose_e: float  # electrons delivered at the probe position
+    dose_e_per_A2: float  # areal dose within the probe (FWHM disc)
+    t_start_s: float
+    t_end_s: float
+
+    @property
+    def energy_eV(self) -> np.ndarray:
+        return self.energy_offset_eV + self.dispersion_eV * np.arange(self.counts.shape[-1])
+
+    def metadata(self) -> dict[str, Any]:
+        return _meta(self, "counts")
+
+    @classmethod
+    def from_metadata(cls, counts: np.ndarray, meta: dict[str, Any]) -> SpectrumRecord:
+        fields = {f.name for f in dataclasses.fields(cls)} - {"counts"}
+        return cls(counts=np.asarray(counts), **{k: meta[k] for k in fields})
+
+
+def energy_axis(req: SpectrumRequest, caps: Capabilities) -> tuple[float, int]:
+    """(offset_eV, channels) of the spectrometer window for ``req`` on a backend with ``caps``.
+
+    Raises ``InvalidRequest`` when the window lies outside what the spectrometer covers.
+    """
+    if req.energy_min_eV < caps.energy_min_eV:
+        raise InvalidRequest(
+            "energy_min_eV", f"{req.energy_min_eV} eV is below the spectrometer's {caps.energy_min_eV} eV"
+        )
+    if req.energy_max_eV > caps.energy_max_eV:
+        raise InvalidRequest(
+            "energy_max_eV", f"{req.energy_max_eV} eV is above the spectrometer's {caps.energy_max_eV} eV"
+        )
+    channels = int(round((req.energy_max_eV - req.energy_min_eV) / caps.dispersion_eV))
+    if channels > caps.max_channels:
+        raise InvalidRequest(
+            "energy_max_eV",
+            f"window of {channels} channels exceeds {caps.max_channels} at {caps.dispersion_eV} eV/channel",
+        )
+    return req.energy_min_eV, max(channels, 1)
