@@ -21,8 +21,13 @@ class DoseMap:
     """
 
     def __init__(
-        self, x_min_nm: float, x_max_nm: float, y_min_nm: float, y_max_nm: float,
-        cell_nm: float, max_cells: int = 2048,
+        self,
+        x_min_nm: float,
+        x_max_nm: float,
+        y_min_nm: float,
+        y_max_nm: float,
+        cell_nm: float,
+        max_cells: int = 2048,
     ) -> None:
         if x_max_nm <= x_min_nm or y_max_nm <= y_min_nm:
             raise ValueError("empty dose-map box")

@@ -110,7 +110,7 @@ def error_from_dict(payload: dict[str, Any]) -> InstrumentError:
     if cls is InvalidRequest:
         field = str(payload.get("field", "request"))
         prefix = f"{field}: "
-        return InvalidRequest(field, message[len(prefix):] if message.startswith(prefix) else message)
+        return InvalidRequest(field, message[len(prefix) :] if message.startswith(prefix) else message)
     if cls is SafetyLimitExceeded:
         return SafetyLimitExceeded(
             str(payload.get("limit", "unknown")),

@@ -1,2 +1,3 @@
 """autoscope: automated STEM experiments."""
+
 __version__ = "0.1.0"
