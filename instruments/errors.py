@@ -88,6 +88,25 @@ class SafetyLimitExceeded(InstrumentError):
         }
 
 
+class ConfigError(InstrumentError, ValueError):
+    """A human-authored configuration file (e.g. the safety limits) is missing or wrong.
+
+    ``field`` names the offending setting (or ``"file"`` when the file itself is the
+    problem) and ``path`` the file, so the person can fix it.
+    """
+
+    code = "config_error"
+
+    def __init__(self, field: str, message: str, path: str | None = None) -> None:
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{field}: {message}")
+        self.field = field
+        self.path = path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "field": self.field, "path": self.path}
+
+
 ERRORS_BY_CODE: dict[str, type[InstrumentError]] = {
     cls.code: cls
     for cls in (

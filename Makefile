@@ -1,0 +1,30 @@
+# Quick start: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+RUNS   ?= runs
+
+.PHONY: setup test lint demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# CPU torch first where no CUDA is present (an unpinned torch pulls a multi-GB CUDA build)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest -q
+
+demo: setup
+	$(BIN)/autoscope survey --scenario plasmonic --out $(RUNS)/demo-$$(date +%Y%m%d-%H%M%S)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

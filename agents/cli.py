@@ -1,0 +1,227 @@
+"""The ``autoscope`` command line.
+
+Exit codes: 0 done, 2 bad input (the message names the field), 3 stopped at a safety
+limit (a person must decide), 1 any other instrument failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from autoscope.agents.settings import load_settings
+from autoscope.instruments.errors import ConfigError, InstrumentError, InvalidRequest, SafetyLimitExceeded
+from autoscope.instruments.safety import SafetyLimits
+
+log = logging.getLogger("autoscope")
+app = typer.Typer(help="Automated STEM experiments.", no_args_is_help=True, pretty_exceptions_enable=False)
+instrument_app = typer.Typer(help="Serve or inspect an instrument.", no_args_is_help=True)
+app.add_typer(instrument_app, name="instrument")
+err = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, load_settings().log_level.upper(), logging.INFO)
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True
+    )
+
+
+def _field_of(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    return ".".join(str(p) for p in e.get("loc", ())) or exc.title
+
+
+@contextlib.contextmanager
+def _cli_errors() -> Iterator[None]:
+    """Map typed errors to a one-line message and the documented exit code."""
+    try:
+        yield
+    except (InvalidRequest, ConfigError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        err.print(f"[red]error:[/red] {_field_of(exc)}: {e.get('msg')}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except SafetyLimitExceeded as exc:
+        err.print(f"[yellow]stopped at a safety limit:[/yellow] {exc}", highlight=False)
+        raise typer.Exit(EXIT_STOPPED) from None
+    except InstrumentError as exc:
+        err.print(f"[red]instrument error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _limits(path: Path | None) -> SafetyLimits:
+    return SafetyLimits.from_file(path or load_settings().limits_file)
+
+
+@app.command()
+def scenarios() -> None:
+    """List the simulated-microscope scenarios: name, then a one-line description."""
+    from autoscope.instruments.factory import describe_scenarios
+
+    rows = describe_scenarios()
+    if sys.stdout.isatty():
+        table = Table("scenario", "description")
+        for name, desc in rows:
+            table.add_row(name, desc)
+        Console().print(table)
+    else:
+        for name, desc in rows:
+            sys.stdout.write(f"{name}\t{desc}\n")
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError("config", f"no such file: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of survey fields, not {type(data).__name__}")
+    return data
+
+
+@app.command()
+def survey(
+    out: Annotated[Path, typer.Option(help="Run directory (created, or resumed when it holds a survey).")],
+    scenario: Annotated[
+        str | None, typer.Option(help="Simulated scenario (see `autoscope scenarios`).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the simulated sample and noise.")] = None,
+    remote: Annotated[
+        str | None, typer.Option(help="URL of a served instrument instead of the twin.")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token of the remote instrument.")] = None,
+    replay: Annotated[Path | None, typer.Option(help="Recorded spectrum image (.h5/.npz) to replay.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of survey fields (see README).")] = None,
+    limits: Annotated[Path | None, typer.Option(help="Safety limits file (default: settings).")] = None,
+    fov_nm: Annotated[float | None, typer.Option(help="Field of view (nm).")] = None,
+    pixels: Annotated[int | None, typer.Option(help="Pixels per side.")] = None,
+    dwell_us: Annotated[float | None, typer.Option(help="Pixel dwell (µs).")] = None,
+    current_pa: Annotated[float | None, typer.Option("--current-pA", help="Beam current (pA).")] = None,
+    spectra: Annotated[int | None, typer.Option(help="Number of spectra.")] = None,
+    spectrum_dwell_s: Annotated[float | None, typer.Option(help="Spectrum exposure (s).")] = None,
+) -> None:
+    """Acquire an overview image and a few spectra; write HDF5, the event log and a PNG."""
+    from autoscope.instruments.factory import open_microscope, survey_defaults
+    from autoscope.tools.figures import survey_figure
+    from autoscope.tools.store import RunStore
+    from autoscope.tools.survey import SurveyPlan, run_survey
+
+    settings = load_settings()
+    with _cli_errors():
+        fields = _read_config(config)
+        scenario = scenario or fields.pop("scenario", None)
+        seed = seed if seed is not None else int(fields.pop("seed", 0))
+        fields.pop("scenario", None)
+        fields.pop("seed", None)
+        safety = _limits(limits)
+        flags = {
+            "fov_nm": fov_nm,
+            "pixels": pixels,
+            "current_pA": current_pa,
+            "spectra": spectra,
+            "spectrum_dwell_s": spectrum_dwell_s,
+            "dwell_s": None if dwell_us is None else dwell_us * 1e-6,
+        }
+        store = RunStore.open_or_create(out, meta={"command": "survey", "scenario": scenario, "seed": seed})
+        with store:
+            scope = open_microscope(
+                safety,
+                on_event=lambda e: store.append_event(**e),
+                history=store.events("acquisition"),
+                scenario=scenario,
+                seed=seed,
+                replay=replay,
+                remote=remote,
+                token=token or settings.token,
+                timeout_s=settings.remote_timeout_s,
+                retries=settings.remote_retries,
+            )
+            defaults = survey_defaults(scope.capabilities(), None if (remote or replay) else scenario)
+            plan = SurveyPlan(**{**defaults, **fields, **{k: v for k, v in flags.items() if v is not None}})
+            with Progress(
+                TextColumn("survey"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("survey", total=1 + plan.spectra)
+                result = run_survey(
+                    scope, store, plan, progress=lambda done, _t: bar.update(task, completed=done)
+                )
+            png = survey_figure(
+                result.image,
+                result.spectra,
+                Path(out) / "survey.png",
+                title=f"{scenario or remote or replay} — seed {seed}",
+            )
+        log.info(
+            "survey done: %d steps (%d reused), dose %.3g e; %s",
+            1 + len(result.spectra),
+            result.reused_steps,
+            result.image.dose_e + sum(s.dose_e for s in result.spectra),
+            png,
+        )
+        typer.echo(str(Path(out).resolve()))
+
+
+@instrument_app.command("serve")
+def instrument_serve(
+    scenario: Annotated[
+        str | None, typer.Option(help="Simulated scenario to serve (default: the default one).")
+    ] = None,
+    replay: Annotated[Path | None, typer.Option(help="Serve a recorded spectrum image instead.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated sample.")] = 0,
+    host: Annotated[str | None, typer.Option(help="Bind address (loopback by default).")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Bearer token (default: settings, else a new one).")
+    ] = None,
+    limits: Annotated[Path | None, typer.Option(help="Safety limits file enforced by the server.")] = None,
+    idle_exit_s: Annotated[float | None, typer.Option(help="Stop after this long without a request.")] = None,
+) -> None:
+    """Serve a microscope over HTTP (FastAPI + uvicorn), behind its safety limits."""
+    from autoscope.instruments.factory import open_microscope
+    from autoscope.instruments.remote.server import serve
+
+    settings = load_settings()
+    with _cli_errors():
+        scope = open_microscope(_limits(limits), scenario=scenario, seed=seed, replay=replay)
+        tok = token or settings.token
+        if not tok:
+            tok = secrets.token_urlsafe(24)
+            err.print(f"token: {tok}")
+        serve(
+            scope, host=host or settings.host, port=port or settings.port, token=tok, idle_exit_s=idle_exit_s
+        )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,103 @@
+"""Backend factory: the one place that turns a description into a microscope.
+
+Agents and tools never import the simulator directly; they ask for a microscope
+here (DESIGN.md, "the simulator is reached through a backend factory").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from autoscope.instruments.errors import InvalidRequest
+from autoscope.instruments.protocols import Microscope
+from autoscope.instruments.records import Capabilities
+from autoscope.instruments.safety import SafeMicroscope, SafetyLimits
+
+log = logging.getLogger(__name__)
+
+
+def open_backend(
+    *,
+    scenario: str | None = None,
+    seed: int = 0,
+    replay: Path | None = None,
+    remote: str | None = None,
+    token: str | None = None,
+    timeout_s: float = 30.0,
+    retries: int = 3,
+) -> Microscope:
+    """Open exactly one backend: a remote instrument, a replayed dataset, or the twin.
+
+    ``remote`` is a URL (needs ``token``); ``replay`` a recorded spectrum image;
+    otherwise the simulated microscope of ``scenario``.
+    """
+    if remote and replay:
+        raise InvalidRequest("replay", "give either --remote or --replay, not both")
+    if remote:
+        if not token:
+            raise InvalidRequest("token", f"the remote instrument {remote} needs a bearer token")
+        from autoscope.instruments.remote.client import RemoteMicroscope
+
+        return RemoteMicroscope(remote, token, timeout_s=timeout_s, retries=retries)
+    if replay:
+        from autoscope.instruments.replay import ReplayMicroscope
+
+        if not Path(replay).exists():
+            raise InvalidRequest("replay", f"no such dataset: {replay}")
+        return ReplayMicroscope(Path(replay), seed=seed)
+    from autoscope.instruments.sim.scenarios import DEFAULT_SCENARIO, make_microscope
+
+    return make_microscope(scenario or DEFAULT_SCENARIO, seed=seed)
+
+
+def open_microscope(
+    limits: SafetyLimits,
+    *,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    history: Iterable[dict[str, Any]] = (),
+    **backend: Any,
+) -> SafeMicroscope:
+    """A backend from ``open_backend(**backend)`` behind the safety interlocks.
+
+    ``history``: earlier acquisition events of the same run, counted against the limits.
+    """
+    inner = open_backend(**backend)
+    log.info("opened %s backend behind safety limits", type(inner).__name__)
+    return SafeMicroscope(inner, limits, on_event=on_event, history=history)
+
+
+def survey_defaults(caps: Capabilities, scenario: str | None = None) -> dict[str, Any]:
+    """Survey settings that suit the instrument: the scenario's own for the twin, else from capabilities."""
+    if scenario is not None:
+        from autoscope.instruments.sim.scenarios import build_sample
+
+        sample = build_sample(scenario, 0)
+        survey, window = sample.survey, sample.spectrometer.default_window_eV
+        return {
+            "fov_nm": survey.fov_nm,
+            "pixels": survey.pixels,
+            "dwell_s": survey.dwell_s,
+            "current_pA": survey.current_pA,
+            "spectrum_dwell_s": survey.spectrum_dwell_s,
+            "energy_min_eV": window[0],
+            "energy_max_eV": window[1],
+        }
+    top = min(caps.energy_max_eV, caps.energy_min_eV + caps.dispersion_eV * min(caps.max_channels, 2048))
+    return {
+        "fov_nm": caps.max_fov_nm,
+        "pixels": 256,
+        "dwell_s": 2e-6,
+        "spectrum_dwell_s": 0.05,
+        "energy_min_eV": caps.energy_min_eV,
+        "energy_max_eV": top,
+    }
+
+
+def describe_scenarios() -> list[tuple[str, str]]:
+    """(name, one-line description) of every simulated scenario."""
+    from autoscope.instruments.sim import scenarios
+
+    return scenarios.describe_scenarios()

@@ -1,0 +1,316 @@
+"""HTTP server that exposes one microscope to remote clients.
+
+``GET /health`` answers without a token; every other route needs
+``Authorization: Bearer <token>``. Access to the microscope is serialised by one lock
+(it is a single physical device). A ``POST`` carrying ``X-Request-Id`` is executed at
+most once: its answer is cached, so a client that lost the connection and sends the
+same request again gets the same result without a second acquisition. Answers after
+which a retry may succeed (503, 504) are not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Response
+from pydantic import BaseModel
+
+from autoscope.instruments.errors import InstrumentError, InvalidRequest
+from autoscope.instruments.protocols import Microscope
+from autoscope.instruments.records import ImageRequest, SpectrumRequest
+from autoscope.instruments.remote.wire import (
+    NPY_MEDIA_TYPE,
+    REQUEST_ID_HEADER,
+    RETRYABLE_STATUSES,
+    BeamCurrent,
+    BeamState,
+    Position,
+    encode_record,
+    status_for,
+)
+
+log = logging.getLogger(__name__)
+
+JSON_MEDIA_TYPE = "application/json"
+#: the idempotency key a client sends with every POST (module level: FastAPI resolves it by name)
+RequestId = Annotated[str | None, Header(alias=REQUEST_ID_HEADER)]
+
+
+@dataclass(frozen=True)
+class _Cached:
+    fingerprint: str
+    status_code: int
+    body: bytes
+    headers: dict[str, str]
+    media_type: str
+
+    def response(self) -> Response:
+        return Response(self.body, self.status_code, headers=self.headers, media_type=self.media_type)
+
+
+class _ResponseCache:
+    """The last ``size`` answers, keyed by request id (least recently stored dropped first)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, _Cached] = OrderedDict()
+
+    def get(self, request_id: str) -> _Cached | None:
+        return self._items.get(request_id)
+
+    def put(self, request_id: str, item: _Cached) -> None:
+        self._items[request_id] = item
+        self._items.move_to_end(request_id)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+class _Activity:
+    """Time of the last request and the number in flight (for the idle shutdown)."""
+
+    def __init__(self) -> None:
+        self.last_s = time.monotonic()
+        self.in_flight = 0
+
+    def idle_s(self) -> float:
+        return 0.0 if self.in_flight else time.monotonic() - self.last_s
+
+
+class _ActivityMiddleware:
+    """Pure ASGI middleware that records request activity."""
+
+    def __init__(self, app: Any, activity: _Activity) -> None:
+        self.app = app
+        self.activity = activity
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.activity.in_flight += 1
+        self.activity.last_s = time.monotonic()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.activity.in_flight -= 1
+            self.activity.last_s = time.monotonic()
+
+
+def _json(obj: Any, status_code: int = 200) -> Response:
+    body = obj.model_dump_json() if isinstance(obj, BaseModel) else json.dumps(obj)
+    return Response(body.encode(), status_code, media_type=JSON_MEDIA_TYPE)
+
+
+def _error(exc: InstrumentError) -> Response:
+    return _json(exc.to_dict(), status_for(exc))
+
+
+def create_app(microscope: Microscope, token: str, *, cache_size: int = 256) -> FastAPI:
+    """FastAPI app serving ``microscope``; clients authenticate with ``token``."""
+    if not token:
+        raise ValueError("the instrument server needs a non-empty token")
+    expected = f"Bearer {token}".encode()
+    lock = threading.Lock()
+    cache = _ResponseCache(cache_size)
+    activity = _Activity()
+
+    app = FastAPI(title="autoscope instrument", summary="A STEM served over HTTP.")
+    app.state.activity = activity
+    app.add_middleware(_ActivityMiddleware, activity=activity)
+
+    def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            raise HTTPException(
+                401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    def call(
+        action: Callable[[], Response], request_id: str | None = None, fingerprint: str = ""
+    ) -> Response:
+        """Run ``action`` under the device lock; replay a cached answer for a known request id."""
+        with lock:
+            if request_id is not None:
+                hit = cache.get(request_id)
+                if hit is not None:
+                    if hit.fingerprint != fingerprint:
+                        return _error(
+                            InvalidRequest("X-Request-Id", "id already used for a different request")
+                        )
+                    log.info("request %s answered from the idempotency cache", request_id)
+                    return hit.response()
+            try:
+                response = action()
+            except InstrumentError as exc:
+                log.info("instrument refused: %s", exc)
+                response = _error(exc)
+            except Exception as exc:  # an instrument bug must not kill the server
+                log.exception("unexpected error in the instrument")
+                response = _error(InstrumentError(f"internal instrument error: {type(exc).__name__}: {exc}"))
+            if request_id is not None and response.status_code not in RETRYABLE_STATUSES:
+                cache.put(
+                    request_id,
+                    _Cached(
+                        fingerprint,
+                        response.status_code,
+                        bytes(response.body),
+                        {k: v for k, v in response.headers.items() if k.lower() != "content-length"},
+                        response.media_type or JSON_MEDIA_TYPE,
+                    ),
+                )
+            return response
+
+    def fingerprint(route: str, body: BaseModel | None = None) -> str:
+        text = route + (body.model_dump_json() if body is not None else "")
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def record_response(record: Any) -> Response:
+        body, headers = encode_record(record)
+        return Response(body, 200, headers=headers, media_type=NPY_MEDIA_TYPE)
+
+    @app.get("/health")
+    def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    api = APIRouter(dependencies=[Depends(authorize)])
+
+    @api.get("/status")
+    def status() -> Response:
+        return call(lambda: _json(microscope.status()))
+
+    @api.get("/capabilities")
+    def capabilities() -> Response:
+        return call(lambda: _json(microscope.capabilities()))
+
+    @api.get("/clock")
+    def clock() -> Response:
+        return call(lambda: _json({"now_s": microscope.now_s()}))
+
+    @api.post("/image")
+    def image(req: ImageRequest, request_id: RequestId = None) -> Response:
+        def act() -> Response:
+            return record_response(
+                microscope.acquire_image(req.fov_nm, req.pixels, req.dwell_s, req.detector)
+            )
+
+        return call(act, request_id, fingerprint("image", req))
+
+    @api.post("/spectrum")
+    def spectrum(req: SpectrumRequest, request_id: RequestId = None) -> Response:
+        def act() -> Response:
+            rec = microscope.acquire_spectrum(
+                req.x_nm, req.y_nm, req.dwell_s, req.energy_min_eV, req.energy_max_eV
+            )
+            return record_response(rec)
+
+        return call(act, request_id, fingerprint("spectrum", req))
+
+    def position(get: Callable[[], tuple[float, float]]) -> Response:
+        x_nm, y_nm = get()
+        return _json(Position(x_nm=x_nm, y_nm=y_nm))
+
+    @api.get("/probe")
+    def get_probe() -> Response:
+        return call(lambda: position(microscope.probe_position_nm))
+
+    @api.post("/probe")
+    def move_probe(pos: Position, request_id: RequestId = None) -> Response:
+        def act() -> Response:
+            microscope.move_probe(pos.x_nm, pos.y_nm)
+            return position(microscope.probe_position_nm)
+
+        return call(act, request_id, fingerprint("probe", pos))
+
+    @api.get("/stage")
+    def get_stage() -> Response:
+        return call(lambda: position(microscope.stage_position_nm))
+
+    @api.post("/stage")
+    def move_stage(pos: Position, request_id: RequestId = None) -> Response:
+        def act() -> Response:
+            microscope.move_stage(pos.x_nm, pos.y_nm)
+            return position(microscope.stage_position_nm)
+
+        return call(act, request_id, fingerprint("stage", pos))
+
+    def beam_state() -> Response:
+        return _json(BeamState(blanked=microscope.beam_blanked(), current_pA=microscope.beam_current_pA()))
+
+    @api.get("/beam")
+    def beam() -> Response:
+        return call(beam_state)
+
+    @api.post("/beam/blank")
+    def blank(request_id: RequestId = None) -> Response:
+        def act() -> Response:
+            microscope.blank_beam()
+            return beam_state()
+
+        return call(act, request_id, fingerprint("blank"))
+
+    @api.post("/beam/unblank")
+    def unblank(request_id: RequestId = None) -> Response:
+        def act() -> Response:
+            microscope.unblank_beam()
+            return beam_state()
+
+        return call(act, request_id, fingerprint("unblank"))
+
+    @api.post("/beam/current")
+    def set_current(body: BeamCurrent, request_id: RequestId = None) -> Response:
+        def act() -> Response:
+            microscope.set_beam_current(body.current_pA)
+            return beam_state()
+
+        return call(act, request_id, fingerprint("current", body))
+
+    app.include_router(api)
+    return app
+
+
+def _stop_when_idle(server: uvicorn.Server, activity: _Activity, idle_exit_s: float) -> None:
+    while not server.should_exit:
+        idle = activity.idle_s()
+        if idle >= idle_exit_s:
+            log.info("no request for %.1f s: shutting the instrument server down", idle)
+            server.should_exit = True
+            return
+        time.sleep(min(0.5, max(idle_exit_s - idle, 0.01)))
+
+
+def serve(
+    microscope: Microscope,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str,
+    idle_exit_s: float | None = None,
+    log_level: str | None = None,
+) -> None:
+    """Serve ``microscope`` over HTTP until interrupted (blocking).
+
+    With ``idle_exit_s``, the server stops by itself after that long without a request.
+    ``log_level`` of uvicorn (access log at ``info``); by default the root logger's level.
+    """
+    app = create_app(microscope, token)
+    level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level))
+    log.info("autoscope instrument server at http://%s:%d (%s)", host, port, type(microscope).__name__)
+    if idle_exit_s is not None:
+        threading.Thread(
+            target=_stop_when_idle,
+            args=(server, app.state.activity, float(idle_exit_s)),
+            name="instrument-idle-exit",
+            daemon=True,
+        ).start()
+    server.run()
+    log.info("instrument server at http://%s:%d stopped", host, port)

@@ -1,0 +1,409 @@
+"""Replay of a recorded spectrum image through the microscope protocols.
+
+A dataset holds a HAADF image ``image`` (H, W) and EELS ``spectra`` (H, W, E), both in
+counts, with the conditions they were recorded at. The replay treats the recorded
+counts as the expectation at the recorded dose and serves new acquisitions from it:
+an image is the recording resampled (bilinear) over the requested field, a spectrum
+the one at the nearest recorded pixel, cut to the requested window; both are scaled
+by the electrons per pixel (current × dwell) relative to the recording and, with
+``poisson=True``, drawn as Poisson counts from a seeded generator. Counts scale with
+the electrons per pixel, not with the pixel area: a scanned probe samples a point. Parts
+of a field beyond the recording repeat its edge values.
+
+Files: HDF5 (``.h5``/``.hdf5``: datasets ``image``, ``spectra``, scalars as root
+attributes or 0-d datasets) or NumPy ``.npz``. Pycroscopy/sidpy NSID files are not
+read: NSID keeps the arrays and their dimension scales, but the recording conditions
+(dwell, beam current) have no fixed place in its metadata, so a replay of one would
+have to guess the dose; convert with ``save_spectrum_image`` giving them explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy import ndimage
+
+from autoscope.instruments.errors import BeamBlanked, InvalidRequest
+from autoscope.instruments.records import (
+    NM2_TO_A2,
+    Capabilities,
+    Detector,
+    ImageRecord,
+    ImageRequest,
+    InstrumentStatus,
+    SpectrumRecord,
+    SpectrumRequest,
+    StageLimits,
+    electrons,
+    energy_axis,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT = "autoscope.spectrum_image/1"
+_SCALARS = (
+    "pixel_size_nm",
+    "energy_offset_eV",
+    "dispersion_eV",
+    "dwell_s",
+    "spectrum_dwell_s",
+    "current_pA",
+    "origin_x_nm",
+    "origin_y_nm",
+)
+_OPTIONAL = {"origin_x_nm": 0.0, "origin_y_nm": 0.0}
+
+#: simulated overheads of the instrument clock (s)
+LINE_FLYBACK_S = 100e-6
+SPECTRUM_READOUT_S = 5e-3
+STAGE_SETTLE_S = 0.5
+STAGE_SPEED_NM_PER_S = 2000.0
+PROBE_SETTLE_S = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumImage:
+    """A recorded spectrum image. Pixel (row, col) is centred at
+    (origin_x_nm + (col + 0.5) · pixel_size_nm, origin_y_nm + (row + 0.5) · pixel_size_nm);
+    spectrum channel i is at energy_offset_eV + i · dispersion_eV.
+    """
+
+    image: np.ndarray  # (H, W) HAADF counts at dwell_s, current_pA
+    spectra: np.ndarray  # (H, W, E) EELS counts at spectrum_dwell_s, current_pA
+    pixel_size_nm: float
+    energy_offset_eV: float
+    dispersion_eV: float
+    dwell_s: float
+    spectrum_dwell_s: float
+    current_pA: float
+    origin_x_nm: float = 0.0
+    origin_y_nm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 2 or self.spectra.ndim != 3 or self.spectra.shape[:2] != self.image.shape:
+            raise ValueError(
+                f"need image (H, W) and spectra (H, W, E); got {self.image.shape} and {self.spectra.shape}"
+            )
+        for name in ("pixel_size_nm", "dispersion_eV", "dwell_s", "spectrum_dwell_s", "current_pA"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def extent_nm(self) -> tuple[float, float, float, float]:
+        """(x_min, x_max, y_min, y_max) covered by the recording."""
+        h, w = self.image.shape
+        return (
+            self.origin_x_nm,
+            self.origin_x_nm + w * self.pixel_size_nm,
+            self.origin_y_nm,
+            self.origin_y_nm + h * self.pixel_size_nm,
+        )
+
+    @property
+    def energy_eV(self) -> np.ndarray:
+        return self.energy_offset_eV + self.dispersion_eV * np.arange(self.spectra.shape[2])
+
+
+def save_spectrum_image(
+    path: str | Path,
+    image: np.ndarray,
+    spectra: np.ndarray,
+    *,
+    pixel_size_nm: float,
+    energy_offset_eV: float,
+    dispersion_eV: float,
+    dwell_s: float,
+    spectrum_dwell_s: float,
+    current_pA: float,
+    origin_x_nm: float = 0.0,
+    origin_y_nm: float = 0.0,
+) -> Path:
+    """Write a spectrum image as HDF5 (``.h5``/``.hdf5``) or NumPy (``.npz``); returns the path."""
+    path = Path(path)
+    si = SpectrumImage(
+        np.asarray(image),
+        np.asarray(spectra),
+        float(pixel_size_nm),
+        float(energy_offset_eV),
+        float(dispersion_eV),
+        float(dwell_s),
+        float(spectrum_dwell_s),
+        float(current_pA),
+        float(origin_x_nm),
+        float(origin_y_nm),
+    )
+    scalars = {k: getattr(si, k) for k in _SCALARS}
+    if path.suffix in (".h5", ".hdf5"):
+        with h5py.File(path, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.create_dataset("image", data=si.image, compression="gzip")
+            f.create_dataset("spectra", data=si.spectra, compression="gzip", chunks=True)
+            for k, v in scalars.items():
+                f.attrs[k] = v
+    elif path.suffix == ".npz":
+        np.savez_compressed(path, image=si.image, spectra=si.spectra, **scalars)
+    else:
+        raise ValueError(f"unknown spectrum-image format {path.suffix!r}: use .h5 or .npz")
+    return path
+
+
+def load_spectrum_image(path: str | Path) -> SpectrumImage:
+    """Read a spectrum image written by ``save_spectrum_image`` (or laid out the same way)."""
+    path = Path(path)
+    values: dict[str, float] = {}
+    if path.suffix in (".h5", ".hdf5"):
+        with h5py.File(path, "r") as f:
+            if "image" not in f or "spectra" not in f:
+                raise ValueError(
+                    f"{path}: needs datasets 'image' and 'spectra' (NSID files are not supported)"
+                )
+            image, spectra = f["image"][()], f["spectra"][()]
+            for k in _SCALARS:
+                if k in f.attrs:
+                    values[k] = float(f.attrs[k])
+                elif k in f:
+                    values[k] = float(f[k][()])
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            image, spectra = z["image"], z["spectra"]
+            values = {k: float(z[k]) for k in _SCALARS if k in z.files}
+    else:
+        raise ValueError(f"unknown spectrum-image format {path.suffix!r}: use .h5 or .npz")
+    missing = [k for k in _SCALARS if k not in values and k not in _OPTIONAL]
+    if missing:
+        raise ValueError(f"{path}: missing recording conditions {missing}")
+    return SpectrumImage(image=np.asarray(image), spectra=np.asarray(spectra), **{**_OPTIONAL, **values})
+
+
+class ReplayMicroscope:
+    """A microscope that replays a recorded spectrum image (HAADF only).
+
+    The stage travels over the recorded extent, the largest field is the extent, the
+    clock is simulated. ``poisson=False`` returns the scaled expectation itself.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | SpectrumImage,
+        *,
+        seed: int = 0,
+        poisson: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.data = path if isinstance(path, SpectrumImage) else load_spectrum_image(path)
+        self.name = name or (Path(path).stem if not isinstance(path, SpectrumImage) else "replay")
+        self.poisson = poisson
+        self._rng = np.random.default_rng(seed)
+        d = self.data
+        x0, x1, y0, y1 = d.extent_nm
+        self._stage = ((x0 + x1) / 2, (y0 + y1) / 2)
+        self._probe = self._stage
+        self._blanked = True
+        self._current_pA = d.current_pA
+        self._clock_s = 0.0
+        self._acquisitions = 0
+        self._total_dose_e = 0.0
+        n_e = d.spectra.shape[2]
+        self._caps = Capabilities(
+            max_fov_nm=max(x1 - x0, y1 - y0),
+            detectors=(Detector.HAADF,),
+            energy_min_eV=d.energy_offset_eV,
+            energy_max_eV=d.energy_offset_eV + n_e * d.dispersion_eV,
+            dispersion_eV=d.dispersion_eV,
+            max_channels=n_e,
+            current_min_pA=min(0.1, d.current_pA),
+            current_max_pA=max(1000.0, d.current_pA),
+            probe_fwhm_nm=d.pixel_size_nm,
+            stage=StageLimits(x_min_nm=x0, x_max_nm=x1, y_min_nm=y0, y_max_nm=y1),
+        )
+        log.info("replaying %s: %s spectrum image, %.3g nm/px", self.name, d.spectra.shape, d.pixel_size_nm)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _require_beam(self) -> None:
+        if self._blanked:
+            raise BeamBlanked("the beam is blanked: call unblank_beam() before acquiring")
+
+    def _counts(self, expected: np.ndarray) -> np.ndarray:
+        expected = np.clip(expected, 0.0, None)
+        if self.poisson:
+            return self._rng.poisson(expected).astype(np.float64)
+        return expected.astype(np.float64)
+
+    def _check_in_field(self, x_nm: float, y_nm: float) -> None:
+        """Raise InvalidRequest unless (x, y) lies on the data and in the scan field."""
+        x0, x1, y0, y1 = self.data.extent_nm
+        half = self._caps.max_fov_nm / 2
+        sx, sy = self._stage
+        for field, v, lo, hi, c in (("x_nm", x_nm, x0, x1, sx), ("y_nm", y_nm, y0, y1, sy)):
+            if not lo <= v <= hi:
+                raise InvalidRequest(field, f"{v} nm lies outside the recorded data [{lo}, {hi}] nm")
+            if abs(v - c) > half:
+                raise InvalidRequest(
+                    field, f"{v} nm is outside the scan field of ±{half} nm around the stage"
+                )
+
+    # -- Imaging, Spectroscopy ----------------------------------------------------------------
+
+    def acquire_image(
+        self, fov_nm: float, pixels: int, dwell_s: float, detector: Detector = Detector.HAADF
+    ) -> ImageRecord:
+        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector)
+        caps = self._caps
+        if req.detector not in caps.detectors:
+            raise InvalidRequest(
+                "detector", f"{req.detector.value} was not recorded; this replay has HAADF only"
+            )
+        if req.fov_nm > caps.max_fov_nm * (1 + 1e-9):
+            raise InvalidRequest(
+                "fov_nm", f"{req.fov_nm} nm exceeds the recorded extent {caps.max_fov_nm} nm"
+            )
+        self._require_beam()
+        d = self.data
+        cx, cy = self._stage
+        p = req.fov_nm / req.pixels
+        centres = (np.arange(req.pixels) + 0.5) * p - req.fov_nm / 2
+        cols = (cx + centres - d.origin_x_nm) / d.pixel_size_nm - 0.5
+        rows = (cy + centres - d.origin_y_nm) / d.pixel_size_nm - 0.5
+        rr, cc = np.meshgrid(rows, cols, indexing="ij")
+        recorded = ndimage.map_coordinates(d.image.astype(np.float64), [rr, cc], order=1, mode="nearest")
+        scale = (self._current_pA * req.dwell_s) / (d.current_pA * d.dwell_s)
+        data = self._counts(recorded * scale)
+
+        scan_s = req.pixels * req.pixels * req.dwell_s
+        dose_e = electrons(self._current_pA, scan_s)
+        t0 = self._clock_s
+        self._clock_s += scan_s + req.pixels * LINE_FLYBACK_S
+        self._acquisitions += 1
+        self._total_dose_e += dose_e
+        return ImageRecord(
+            data=data,
+            fov_nm=req.fov_nm,
+            pixels=req.pixels,
+            dwell_s=req.dwell_s,
+            detector=req.detector,
+            center_x_nm=cx,
+            center_y_nm=cy,
+            current_pA=self._current_pA,
+            dose_e=dose_e,
+            dose_e_per_A2=dose_e / (req.fov_nm**2 * NM2_TO_A2),
+            t_start_s=t0,
+            t_end_s=self._clock_s,
+        )
+
+    def acquire_spectrum(
+        self, x_nm: float, y_nm: float, dwell_s: float, energy_min_eV: float, energy_max_eV: float
+    ) -> SpectrumRecord:
+        req = SpectrumRequest.checked(
+            x_nm=x_nm, y_nm=y_nm, dwell_s=dwell_s, energy_min_eV=energy_min_eV, energy_max_eV=energy_max_eV
+        )
+        d = self.data
+        offset_eV, channels = energy_axis(req, self._caps)
+        first = int(round((offset_eV - d.energy_offset_eV) / d.dispersion_eV))
+        first = min(max(first, 0), d.spectra.shape[2] - channels)
+        self._check_in_field(req.x_nm, req.y_nm)
+        self._require_beam()
+        h, w = d.image.shape
+        col = min(max(int(math.floor((req.x_nm - d.origin_x_nm) / d.pixel_size_nm)), 0), w - 1)
+        row = min(max(int(math.floor((req.y_nm - d.origin_y_nm) / d.pixel_size_nm)), 0), h - 1)
+        recorded = d.spectra[row, col, first : first + channels].astype(np.float64)
+        scale = (self._current_pA * req.dwell_s) / (d.current_pA * d.spectrum_dwell_s)
+        counts = self._counts(recorded * scale)
+
+        dose_e = electrons(self._current_pA, req.dwell_s)
+        radius_nm = self._caps.probe_fwhm_nm / 2
+        self._probe = (req.x_nm, req.y_nm)
+        t0 = self._clock_s
+        self._clock_s += PROBE_SETTLE_S + req.dwell_s + SPECTRUM_READOUT_S
+        self._acquisitions += 1
+        self._total_dose_e += dose_e
+        return SpectrumRecord(
+            counts=counts,
+            energy_offset_eV=d.energy_offset_eV + first * d.dispersion_eV,
+            dispersion_eV=d.dispersion_eV,
+            x_nm=req.x_nm,
+            y_nm=req.y_nm,
+            dwell_s=req.dwell_s,
+            current_pA=self._current_pA,
+            dose_e=dose_e,
+            dose_e_per_A2=dose_e / (math.pi * radius_nm**2 * NM2_TO_A2),
+            t_start_s=t0,
+            t_end_s=self._clock_s,
+        )
+
+    # -- Beam ---------------------------------------------------------------------------------
+
+    def probe_position_nm(self) -> tuple[float, float]:
+        return self._probe
+
+    def move_probe(self, x_nm: float, y_nm: float) -> None:
+        for field, v in (("x_nm", x_nm), ("y_nm", y_nm)):
+            if not math.isfinite(v):
+                raise InvalidRequest(field, f"{v} is not a finite position")
+        self._check_in_field(x_nm, y_nm)
+        self._probe = (float(x_nm), float(y_nm))
+        self._clock_s += PROBE_SETTLE_S
+
+    def blank_beam(self) -> None:
+        self._blanked = True
+
+    def unblank_beam(self) -> None:
+        self._blanked = False
+
+    def beam_blanked(self) -> bool:
+        return self._blanked
+
+    def beam_current_pA(self) -> float:
+        return self._current_pA
+
+    def set_beam_current(self, current_pA: float) -> None:
+        lo, hi = self._caps.current_min_pA, self._caps.current_max_pA
+        if not (math.isfinite(current_pA) and lo <= current_pA <= hi):
+            raise InvalidRequest("current_pA", f"{current_pA} pA is outside [{lo}, {hi}] pA")
+        self._current_pA = float(current_pA)
+
+    # -- Stage, Status, Clock -----------------------------------------------------------------
+
+    def stage_position_nm(self) -> tuple[float, float]:
+        return self._stage
+
+    def move_stage(self, x_nm: float, y_nm: float) -> None:
+        limits = self._caps.stage
+        for field, v, lo, hi in (
+            ("x_nm", x_nm, limits.x_min_nm, limits.x_max_nm),
+            ("y_nm", y_nm, limits.y_min_nm, limits.y_max_nm),
+        ):
+            if not (math.isfinite(v) and lo <= v <= hi):
+                raise InvalidRequest(field, f"{v} nm is outside the stage travel [{lo}, {hi}] nm")
+        dx_nm, dy_nm = x_nm - self._stage[0], y_nm - self._stage[1]
+        self._stage = (float(x_nm), float(y_nm))
+        # the scan deflection is kept: the probe moves with the stage in the sample frame
+        self._probe = (self._probe[0] + dx_nm, self._probe[1] + dy_nm)
+        self._clock_s += STAGE_SETTLE_S + math.hypot(dx_nm, dy_nm) / STAGE_SPEED_NM_PER_S
+
+    def status(self) -> InstrumentStatus:
+        return InstrumentStatus(
+            name=self.name,
+            backend="replay",
+            stage_x_nm=self._stage[0],
+            stage_y_nm=self._stage[1],
+            probe_x_nm=self._probe[0],
+            probe_y_nm=self._probe[1],
+            beam_blanked=self._blanked,
+            current_pA=self._current_pA,
+            clock_s=self._clock_s,
+            acquisitions=self._acquisitions,
+            total_dose_e=self._total_dose_e,
+            capabilities=self._caps,
+        )
+
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    def now_s(self) -> float:
+        return self._clock_s

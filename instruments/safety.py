@@ -1,0 +1,554 @@
+"""Safety interlocks: human-set limits enforced below every agent, prompt and plan.
+
+``SafetyLimits`` come from a file a person writes (YAML, TOML or JSON). ``SafeMicroscope``
+wraps any backend, implements every protocol by delegating to it, and checks each
+request *before* forwarding it: acquisition count, session time, beam current, stage
+travel box, total dose and peak dose per area. A request beyond a limit is not
+forwarded; the beam is blanked, a warning is logged, a ``safety_stop`` event is sent to
+``on_event`` and ``SafetyLimitExceeded`` is raised. Nothing at run time can change the
+limits a wrapper enforces.
+
+The dose-per-area ledger is the wrapper's own, independent of the backend: images are
+kept as exact rectangles of uniform areal dose, probe spots on sparse ``DoseMap`` tiles
+of ``dose_cell_nm`` cells (so a large travel box does not dilute a small exposed area).
+The predicted peak adds the peak of each part over the region a request touches,
+which can only over-estimate the cell-averaged peak, never under-estimate it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import tomllib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autoscope.instruments.dose import DoseMap
+from autoscope.instruments.errors import AcquisitionFailed, ConfigError, InvalidRequest, SafetyLimitExceeded
+from autoscope.instruments.protocols import Microscope
+from autoscope.instruments.records import (
+    NM2_TO_A2,
+    Capabilities,
+    Detector,
+    ImageRecord,
+    ImageRequest,
+    InstrumentStatus,
+    SpectrumRecord,
+    SpectrumRequest,
+    electrons,
+)
+
+log = logging.getLogger(__name__)
+
+_WHERE = "limits are set in the limits file, which only a person may change"
+
+
+class SafetyLimits(BaseModel):
+    """Hard limits of one session on the microscope; defaults are those of the shipped limits file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_total_dose_e: float = Field(1.0e13, gt=0, allow_inf_nan=False, description="electrons in total")
+    max_dose_e_per_A2: float = Field(
+        1.0e8,
+        gt=0,
+        allow_inf_nan=False,
+        description="peak areal dose (e/Å²) averaged over dose_cell_nm cells",
+    )
+    dose_cell_nm: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="side of a dose-averaging cell (nm)"
+    )
+    max_current_pA: float = Field(200.0, gt=0, allow_inf_nan=False, description="beam current (pA)")
+    stage_x_min_nm: float = Field(-5000.0, allow_inf_nan=False)
+    stage_x_max_nm: float = Field(5000.0, allow_inf_nan=False)
+    stage_y_min_nm: float = Field(-5000.0, allow_inf_nan=False)
+    stage_y_max_nm: float = Field(5000.0, allow_inf_nan=False)
+    max_acquisitions: int = Field(5000, gt=0, description="images plus spectra")
+    max_wall_time_s: float = Field(
+        14400.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="instrument-clock seconds since the wrapper was created",
+    )
+
+    @model_validator(mode="after")
+    def _boxes(self) -> SafetyLimits:
+        for axis in ("x", "y"):
+            lo, hi = getattr(self, f"stage_{axis}_min_nm"), getattr(self, f"stage_{axis}_max_nm")
+            if lo >= hi:
+                raise ValueError(f"stage_{axis}_min_nm ({lo}) must be less than stage_{axis}_max_nm ({hi})")
+        return self
+
+    @classmethod
+    def checked(cls, values: Any, path: str | None = None) -> SafetyLimits:
+        """Validate ``values``; raise ``ConfigError`` naming the first bad field (and the file)."""
+        if not isinstance(values, dict):
+            raise ConfigError("file", f"must hold a mapping of limits, not {type(values).__name__}", path)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            msg = err.get("msg", "invalid value")
+            if not loc:  # the min < max check names its fields in the message
+                loc = next((f for f in cls.model_fields if f in msg), "limits")
+            raise ConfigError(loc, msg, path) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SafetyLimits:
+        """Read human-authored limits from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError("file", "no such limits file", str(p)) from None
+        except OSError as exc:
+            raise ConfigError("file", f"cannot read the limits file: {exc}", str(p)) from None
+        suffix = p.suffix.lower()
+        try:
+            if suffix in (".yaml", ".yml"):
+                values = yaml.safe_load(text)
+            elif suffix == ".toml":
+                values = tomllib.loads(text)
+            elif suffix == ".json":
+                values = json.loads(text)
+            else:
+                raise ConfigError(
+                    "file", f"unknown format {suffix!r}; use .yaml, .yml, .toml or .json", str(p)
+                )
+        except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError("file", f"not valid {suffix[1:].upper()}: {exc}", str(p)) from None
+        return cls.checked(values, str(p))
+
+
+class _DoseLedger:
+    """Areal dose (e/Å²): images as exact uniform rectangles, spots on sparse DoseMap tiles."""
+
+    TILE_CELLS = 64  # a power of two, so tile edges fall exactly on cell edges; 32 KiB a tile
+
+    def __init__(self, x_min_nm: float, y_min_nm: float, cell_nm: float) -> None:
+        self.x0, self.y0, self.cell_nm = x_min_nm, y_min_nm, cell_nm
+        self.tile_nm = self.TILE_CELLS * cell_nm
+        self.rects: dict[tuple[float, float, float, float], float] = {}
+        self.tiles: dict[tuple[int, int], DoseMap] = {}
+
+    def cell_box(self, x0: float, x1: float, y0: float, y1: float) -> tuple[float, float, float, float]:
+        """The smallest box of whole cells that holds a rectangle."""
+        c = self.cell_nm
+
+        def snap(lo: float, hi: float, origin: float) -> tuple[float, float]:
+            return origin + math.floor((lo - origin) / c) * c, origin + math.ceil((hi - origin) / c) * c
+
+        return (*snap(x0, x1, self.x0), *snap(y0, y1, self.y0))
+
+    def _tiles(self, x0: float, x1: float, y0: float, y1: float, create: bool):
+        """(tile, x offset, y offset) of each tile a rectangle overlaps."""
+        t = self.tile_nm
+        i0, i1 = math.floor((x0 - self.x0) / t), math.floor((x1 - self.x0) / t)
+        j0, j1 = math.floor((y0 - self.y0) / t), math.floor((y1 - self.y0) / t)
+        for j in range(j0, j1 + 1):
+            for i in range(i0, i1 + 1):
+                tile = self.tiles.get((i, j))
+                if tile is None and create:
+                    tile = self.tiles[(i, j)] = DoseMap(0.0, t, 0.0, t, self.cell_nm)
+                if tile is not None:
+                    yield tile, self.x0 + i * t, self.y0 + j * t
+
+    def rect_peak(self, x0: float, x1: float, y0: float, y1: float) -> float:
+        """Exact peak, over a region, of the sum of the image rectangles covering it."""
+        hits = [
+            (a, b, c, d, v)
+            for (a, b, c, d), v in self.rects.items()
+            if a < x1 and b > x0 and c < y1 and d > y0
+        ]
+        if not hits:
+            return 0.0
+        xs = np.unique(np.clip([x0, x1, *(h[0] for h in hits), *(h[1] for h in hits)], x0, x1))
+        ys = np.unique(np.clip([y0, y1, *(h[2] for h in hits), *(h[3] for h in hits)], y0, y1))
+        grid = np.zeros((ys.size, xs.size))  # difference array over the elementary cells
+        for a, b, c, d, v in hits:
+            ia, ib = np.searchsorted(xs, max(a, x0)), np.searchsorted(xs, min(b, x1))
+            ja, jb = np.searchsorted(ys, max(c, y0)), np.searchsorted(ys, min(d, y1))
+            grid[ja, ia] += v
+            grid[ja, ib] -= v
+            grid[jb, ia] -= v
+            grid[jb, ib] += v
+        sums = grid.cumsum(axis=0).cumsum(axis=1)[:-1, :-1]
+        return float(sums.max()) if sums.size else 0.0
+
+    def spot_peak(self, x0: float, x1: float, y0: float, y1: float) -> float:
+        """Peak cell dose of the probe spots among the cells a region touches."""
+        peaks = [
+            tile.peak_in(x0 - ox, x1 - ox, y0 - oy, y1 - oy)
+            for tile, ox, oy in self._tiles(x0, x1, y0, y1, False)
+        ]
+        return max(peaks, default=0.0)
+
+    def add_rect(self, x0: float, x1: float, y0: float, y1: float, e_per_A2: float) -> None:
+        key = (x0, x1, y0, y1)
+        self.rects[key] = self.rects.get(key, 0.0) + e_per_A2
+
+    def add_spot(self, x: float, y: float, n_e: float, diameter_nm: float) -> None:
+        h = max(diameter_nm, 1e-6) / 2
+        for tile, ox, oy in self._tiles(x - h, x + h, y - h, y + h, True):
+            tile.add_spot(x - ox, y - oy, n_e, diameter_nm)
+
+    def predict_image(self, x0: float, x1: float, y0: float, y1: float, e_per_A2: float) -> float:
+        """Upper bound of the peak cell dose over a field after imaging it at ``e_per_A2``."""
+        return self.rect_peak(x0, x1, y0, y1) + e_per_A2 + self.spot_peak(x0, x1, y0, y1)
+
+    def spot_dose_in(
+        self, box: tuple[float, float, float, float], x_nm: np.ndarray, y_nm: np.ndarray
+    ) -> np.ndarray:
+        """Cell dose of the probe spots at sample-frame points lying inside ``box``."""
+        out = np.zeros(np.shape(x_nm))
+        for tile, ox, oy in self._tiles(*box, create=False):
+            out += tile.at(x_nm - ox, y_nm - oy)
+        return out
+
+    def predict_spot(self, x: float, y: float, n_e: float, diameter_nm: float) -> float:
+        """Upper bound of the peak cell dose around a probe position after a spot exposure."""
+        h = max(diameter_nm, 1e-6) / 2
+        box = self.cell_box(x - h, x + h, y - h, y + h)
+        spot = DoseMap(*box, self.cell_nm)  # its cells coincide with the ledger's
+        spot.add_spot(x, y, n_e, diameter_nm)
+        ny, nx = spot.e_per_A2.shape
+        cx = box[0] + (np.arange(nx) + 0.5) * self.cell_nm
+        cy = box[2] + (np.arange(ny) + 0.5) * self.cell_nm
+        gx, gy = np.meshgrid(cx, cy)
+        return float((spot.e_per_A2 + self.spot_dose_in(box, gx, gy)).max()) + self.rect_peak(*box)
+
+
+class SafeMicroscope:
+    """A ``Microscope`` that enforces ``SafetyLimits`` on every request to ``inner`` (see module doc)."""
+
+    __slots__ = ("_inner", "_limits", "_on_event", "_t0_s", "_ledger", "_probe_fwhm_nm", "_used")
+
+    def __init__(
+        self,
+        inner: Microscope,
+        limits: SafetyLimits,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        history: Iterable[dict[str, Any]] = (),
+    ) -> None:
+        """``history``: acquisition events (run-store contract) of earlier sessions of the same run.
+
+        A resumed run counts them against the dose and acquisition limits, so stopping
+        and resuming can never reset what the sample has received.
+        """
+        own = SafetyLimits.model_validate(limits.model_dump())  # a private, re-validated copy
+        put = object.__setattr__
+        put(self, "_inner", inner)
+        put(self, "_limits", own)
+        put(self, "_on_event", on_event)
+        put(self, "_t0_s", float(inner.now_s()))
+        put(self, "_ledger", _DoseLedger(own.stage_x_min_nm, own.stage_y_min_nm, own.dose_cell_nm))
+        put(self, "_probe_fwhm_nm", float(inner.capabilities().probe_fwhm_nm))
+        put(self, "_used", {"dose_e": 0.0, "acquisitions": 0})
+        for event in history:
+            self._charge_event(event)
+
+    def _charge_event(self, event: dict[str, Any]) -> None:
+        """Count an acquisition made before this wrapper existed (from its stored event)."""
+        self._charge(float(event["dose_e"]))
+        if event.get("record") == "image":
+            cx, cy, h = float(event["center_x_nm"]), float(event["center_y_nm"]), float(event["fov_nm"]) / 2
+            self._ledger.add_rect(cx - h, cx + h, cy - h, cy + h, float(event["dose_e_per_A2"]))
+        else:
+            self._ledger.add_spot(
+                float(event["x_nm"]), float(event["y_nm"]), float(event["dose_e"]), self._probe_fwhm_nm
+            )
+
+    @contextlib.contextmanager
+    def _downstream(self, request: dict[str, Any]) -> Iterator[None]:
+        """Record a limit enforced further down (e.g. by a remote instrument's own wrapper)."""
+        try:
+            yield
+        except SafetyLimitExceeded as exc:
+            with contextlib.suppress(Exception):
+                self._inner.blank_beam()
+            log.warning("safety stop by the instrument (%s): %s", exc.limit, exc)
+            if self._on_event is not None:
+                with contextlib.suppress(Exception):
+                    self._on_event(
+                        {
+                            "kind": "safety_stop",
+                            "limit": exc.limit,
+                            "value": exc.value,
+                            "maximum": exc.maximum,
+                            "message": str(exc),
+                            "request": request,
+                            "enforced_by": "instrument",
+                        }
+                    )
+            raise
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"SafeMicroscope is immutable ({name!r}); {_WHERE}")
+
+    @property
+    def limits(self) -> SafetyLimits:
+        """The enforced limits (a frozen copy: changing it changes nothing here)."""
+        return self._limits.model_copy()
+
+    @property
+    def total_dose_e(self) -> float:
+        """Electrons delivered through this wrapper so far (by its own ledger)."""
+        return self._used["dose_e"]
+
+    @property
+    def acquisitions(self) -> int:
+        """Acquisitions forwarded through this wrapper so far (failed ones included)."""
+        return self._used["acquisitions"]
+
+    def peak_dose_e_per_A2(self, x0_nm: float, x1_nm: float, y0_nm: float, y1_nm: float) -> float:
+        """Upper bound of the cell-averaged areal dose in a region, by this wrapper's ledger."""
+        led = self._ledger
+        return led.rect_peak(x0_nm, x1_nm, y0_nm, y1_nm) + led.spot_peak(x0_nm, x1_nm, y0_nm, y1_nm)
+
+    # ---------------------------------------------------------------- checks
+    def _stop(self, limit: str, value: float, maximum: float, message: str, request: dict[str, Any]) -> None:
+        message = f"{message}; {_WHERE}"
+        try:
+            self._inner.blank_beam()
+        except Exception:  # the stop must still be reported and raised
+            log.exception("could not blank the beam after a safety stop")
+        log.warning("safety stop (%s): %s", limit, message)
+        event = {
+            "kind": "safety_stop",
+            "limit": limit,
+            "value": float(value),
+            "maximum": float(maximum),
+            "message": message,
+            "request": request,
+        }
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("on_event failed while reporting a safety stop")
+        raise SafetyLimitExceeded(limit, value, maximum, message)
+
+    def _check_time(self, request: dict[str, Any], duration_s: float = 0.0) -> None:
+        lim = self._limits
+        t = float(self._inner.now_s()) - self._t0_s + duration_s
+        if t > lim.max_wall_time_s:
+            self._stop(
+                "max_wall_time_s",
+                t,
+                lim.max_wall_time_s,
+                f"session time would reach {t:.4g} s > limit {lim.max_wall_time_s:.4g} s; "
+                "end this session and start a new one after review",
+                request,
+            )
+
+    def _check_position(
+        self, request: dict[str, Any], x0: float, x1: float, y0: float, y1: float, what: str
+    ) -> None:
+        lim = self._limits
+        for field, value in (("x_nm", x0), ("x_nm", x1), ("y_nm", y0), ("y_nm", y1)):
+            if not math.isfinite(value):
+                raise InvalidRequest(field, f"{value} is not a finite position")
+        for name, value, bad in (
+            ("stage_x_min_nm", x0, x0 < lim.stage_x_min_nm),
+            ("stage_x_max_nm", x1, x1 > lim.stage_x_max_nm),
+            ("stage_y_min_nm", y0, y0 < lim.stage_y_min_nm),
+            ("stage_y_max_nm", y1, y1 > lim.stage_y_max_nm),
+        ):
+            if bad:
+                self._stop(
+                    name,
+                    value,
+                    getattr(lim, name),
+                    f"{what} would reach {name[6]} = {value:.6g} nm, outside the travel box "
+                    f"x [{lim.stage_x_min_nm:g}, {lim.stage_x_max_nm:g}] nm, "
+                    f"y [{lim.stage_y_min_nm:g}, {lim.stage_y_max_nm:g}] nm; choose a position inside it",
+                    request,
+                )
+
+    def _check_exposure(
+        self, request: dict[str, Any], n_e: float, peak: float, at: tuple[float, float], duration_s: float
+    ) -> None:
+        lim, used = self._limits, self._used
+        if used["acquisitions"] + 1 > lim.max_acquisitions:
+            self._stop(
+                "max_acquisitions",
+                used["acquisitions"] + 1,
+                lim.max_acquisitions,
+                f"acquisition {used['acquisitions'] + 1} would exceed the limit of {lim.max_acquisitions}; "
+                "review the campaign before acquiring more",
+                request,
+            )
+        self._check_time(request, duration_s)
+        current = float(self._inner.beam_current_pA())
+        if current > lim.max_current_pA:
+            self._stop(
+                "max_current_pA",
+                current,
+                lim.max_current_pA,
+                f"beam current {current:.4g} pA > limit {lim.max_current_pA:.4g} pA; lower the current first",
+                request,
+            )
+        total = used["dose_e"] + n_e
+        if total > lim.max_total_dose_e:
+            self._stop(
+                "max_total_dose_e",
+                total,
+                lim.max_total_dose_e,
+                f"total dose would reach {total:.3g} e > limit {lim.max_total_dose_e:.3g} e "
+                f"({used['dose_e']:.3g} e used); lower dwell, pixels or current",
+                request,
+            )
+        if peak > lim.max_dose_e_per_A2:
+            self._stop(
+                "max_dose_e_per_A2",
+                peak,
+                lim.max_dose_e_per_A2,
+                f"dose per area would reach {peak:.3g} e/Å² > limit {lim.max_dose_e_per_A2:.3g} e/Å² "
+                f"at ({at[0]:.1f}, {at[1]:.1f}) nm; lower dwell or current, or move to fresh area",
+                request,
+            )
+
+    # ---------------------------------------------------------------- Imaging
+    def acquire_image(
+        self, fov_nm: float, pixels: int, dwell_s: float, detector: Detector = Detector.HAADF
+    ) -> ImageRecord:
+        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector)
+        sx, sy = self._inner.stage_position_nm()
+        current = float(self._inner.beam_current_pA())
+        request = {
+            "op": "acquire_image",
+            **req.model_dump(mode="json"),
+            "stage_x_nm": sx,
+            "stage_y_nm": sy,
+            "current_pA": current,
+        }
+        h = req.fov_nm / 2
+        box = (sx - h, sx + h, sy - h, sy + h)
+        self._check_position(request, *box, what="the image field")
+        duration_s = req.dwell_s * req.pixels**2
+        n_e = electrons(current, duration_s)
+        e_per_A2 = n_e / (req.fov_nm**2 * NM2_TO_A2)
+        self._check_exposure(request, n_e, self._ledger.predict_image(*box, e_per_A2), (sx, sy), duration_s)
+        try:
+            with self._downstream(request):
+                rec = self._inner.acquire_image(req.fov_nm, req.pixels, req.dwell_s, req.detector)
+        except AcquisitionFailed:
+            self._charge(n_e)
+            self._ledger.add_rect(*box, e_per_A2)
+            raise
+        self._charge(rec.dose_e)
+        rh = rec.fov_nm / 2
+        self._ledger.add_rect(
+            rec.center_x_nm - rh,
+            rec.center_x_nm + rh,
+            rec.center_y_nm - rh,
+            rec.center_y_nm + rh,
+            rec.dose_e_per_A2,
+        )
+        return rec
+
+    # ---------------------------------------------------------------- Spectroscopy
+    def acquire_spectrum(
+        self, x_nm: float, y_nm: float, dwell_s: float, energy_min_eV: float, energy_max_eV: float
+    ) -> SpectrumRecord:
+        req = SpectrumRequest.checked(
+            x_nm=x_nm, y_nm=y_nm, dwell_s=dwell_s, energy_min_eV=energy_min_eV, energy_max_eV=energy_max_eV
+        )
+        current = float(self._inner.beam_current_pA())
+        request = {"op": "acquire_spectrum", **req.model_dump(mode="json"), "current_pA": current}
+        self._check_position(request, req.x_nm, req.x_nm, req.y_nm, req.y_nm, what="the probe position")
+        n_e = electrons(current, req.dwell_s)
+        peak = self._ledger.predict_spot(req.x_nm, req.y_nm, n_e, self._probe_fwhm_nm)
+        self._check_exposure(request, n_e, peak, (req.x_nm, req.y_nm), req.dwell_s)
+        try:
+            with self._downstream(request):
+                rec = self._inner.acquire_spectrum(
+                    req.x_nm, req.y_nm, req.dwell_s, req.energy_min_eV, req.energy_max_eV
+                )
+        except AcquisitionFailed:
+            self._charge(n_e)
+            self._ledger.add_spot(req.x_nm, req.y_nm, n_e, self._probe_fwhm_nm)
+            raise
+        self._charge(rec.dose_e)
+        self._ledger.add_spot(rec.x_nm, rec.y_nm, rec.dose_e, self._probe_fwhm_nm)
+        return rec
+
+    def _charge(self, n_e: float) -> None:
+        self._used["dose_e"] += float(n_e)
+        self._used["acquisitions"] += 1
+
+    # ---------------------------------------------------------------- Beam
+    def probe_position_nm(self) -> tuple[float, float]:
+        return self._inner.probe_position_nm()
+
+    def move_probe(self, x_nm: float, y_nm: float) -> None:
+        request = {"op": "move_probe", "x_nm": x_nm, "y_nm": y_nm}
+        self._check_position(request, x_nm, x_nm, y_nm, y_nm, what="the probe position")
+        self._check_time(request)
+        with self._downstream(request):
+            self._inner.move_probe(x_nm, y_nm)
+
+    def blank_beam(self) -> None:
+        self._inner.blank_beam()  # always allowed: blanking is the safe direction
+
+    def unblank_beam(self) -> None:
+        request = {"op": "unblank_beam"}
+        self._check_time(request)
+        with self._downstream(request):
+            self._inner.unblank_beam()
+
+    def beam_blanked(self) -> bool:
+        return self._inner.beam_blanked()
+
+    def beam_current_pA(self) -> float:
+        return self._inner.beam_current_pA()
+
+    def set_beam_current(self, current_pA: float) -> None:
+        lim = self._limits
+        request = {"op": "set_beam_current", "current_pA": current_pA}
+        if not math.isfinite(current_pA):
+            raise InvalidRequest("current_pA", f"{current_pA} is not a finite current")
+        if current_pA > lim.max_current_pA:
+            self._stop(
+                "max_current_pA",
+                current_pA,
+                lim.max_current_pA,
+                f"beam current {current_pA:.4g} pA > limit {lim.max_current_pA:.4g} pA; "
+                "request a lower current",
+                request,
+            )
+        self._check_time(request)
+        with self._downstream(request):
+            self._inner.set_beam_current(current_pA)
+
+    # ---------------------------------------------------------------- Stage
+    def stage_position_nm(self) -> tuple[float, float]:
+        return self._inner.stage_position_nm()
+
+    def move_stage(self, x_nm: float, y_nm: float) -> None:
+        request = {"op": "move_stage", "x_nm": x_nm, "y_nm": y_nm}
+        self._check_position(request, x_nm, x_nm, y_nm, y_nm, what="the stage")
+        self._check_time(request)
+        with self._downstream(request):
+            self._inner.move_stage(x_nm, y_nm)
+
+    # ---------------------------------------------------------------- Status, Clock
+    def status(self) -> InstrumentStatus:
+        return self._inner.status()
+
+    def capabilities(self) -> Capabilities:
+        return self._inner.capabilities()
+
+    def now_s(self) -> float:
+        return self._inner.now_s()
+
+    def __repr__(self) -> str:
+        return f"SafeMicroscope({self._inner!r})"

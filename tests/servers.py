@@ -1,0 +1,68 @@
+"""Test helper: a real instrument server process started through the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(log_dir: Path, *args: str) -> tuple[subprocess.Popen, str, str]:
+    """Start ``autoscope instrument serve ARGS`` on a free loopback port; don't wait."""
+    port, token = free_port(), secrets.token_urlsafe(16)
+    cmd = [sys.executable, "-m", "autoscope", "instrument", "serve", *args]
+    cmd += ["--port", str(port), "--token", token, "--idle-exit-s", "60"]
+    env = {**os.environ, "AUTOSCOPE_LOG_LEVEL": "WARNING"}
+    # output to a file, not a pipe: a full pipe nobody reads would stall the server
+    with (log_dir / f"server-{port}.log").open("wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    return proc, f"http://127.0.0.1:{port}", token
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log_dir: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    port = url.rsplit(":", 1)[1]
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = (log_dir / f"server-{port}.log").read_text()
+            raise RuntimeError(f"instrument server exited {proc.returncode}:\n{log}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"instrument server at {url} did not answer /health")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def instrument_server(log_dir: Path, *args: str) -> Iterator[tuple[str, str]]:
+    """(url, token) of a healthy server process, stopped on exit (it also stops itself when idle)."""
+    proc, url, token = start_server(log_dir, *args)
+    try:
+        wait_healthy(proc, url, log_dir)
+        yield url, token
+    finally:
+        stop_server(proc)

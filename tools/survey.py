@@ -1,0 +1,174 @@
+"""The survey: an overview image and a few spectra at chosen positions.
+
+A survey is the first thing every campaign does. It is resumable: each acquisition is
+a named step (``survey-image``, ``survey-spectrum-00``...), so re-running a survey
+into the same run directory reads finished steps back from the store and only
+acquires what is missing. Spectrum positions are chosen deterministically from the
+stored image, so a resumed survey picks the same positions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy import ndimage
+
+from autoscope.instruments.errors import InvalidRequest
+from autoscope.instruments.protocols import Microscope
+from autoscope.instruments.records import Capabilities, ImageRecord, SpectrumRecord
+from autoscope.tools.acquisition import Acquirer
+from autoscope.tools.store import RunStore
+
+log = logging.getLogger(__name__)
+
+IMAGE_STEP = "survey-image"
+
+
+def spectrum_step(i: int) -> str:
+    return f"survey-spectrum-{i:02d}"
+
+
+class SurveyPlan(BaseModel):
+    """What a survey acquires. Units in the names; every field validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fov_nm: float = Field(gt=0)
+    pixels: int = Field(ge=8, le=4096)
+    dwell_s: float = Field(gt=0, le=1.0)
+    current_pA: float | None = Field(default=None, gt=0)
+    spectra: int = Field(default=4, ge=0, le=256)
+    spectrum_dwell_s: float = Field(gt=0, le=600.0)
+    energy_min_eV: float
+    energy_max_eV: float
+    center_x_nm: float | None = None
+    center_y_nm: float | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> SurveyPlan:
+        if self.energy_max_eV <= self.energy_min_eV:
+            raise ValueError("energy_max_eV must be greater than energy_min_eV")
+        return self
+
+    def check_against(self, caps: Capabilities, center_nm: tuple[float, float]) -> None:
+        """Refuse a plan the instrument cannot carry out, naming the field."""
+        if self.fov_nm > caps.max_fov_nm:
+            raise InvalidRequest(
+                "fov_nm", f"{self.fov_nm} nm exceeds the largest scan field {caps.max_fov_nm} nm"
+            )
+        cx, cy = center_nm
+        h = self.fov_nm / 2
+        s = caps.stage
+        if cx - h < s.x_min_nm or cx + h > s.x_max_nm or cy - h < s.y_min_nm or cy + h > s.y_max_nm:
+            raise InvalidRequest(
+                "fov_nm",
+                f"a {self.fov_nm} nm field centred at ({cx:.1f}, {cy:.1f}) nm leaves the stage travel "
+                f"x {s.x_min_nm}..{s.x_max_nm}, y {s.y_min_nm}..{s.y_max_nm} nm",
+            )
+        if self.current_pA is not None and not caps.current_min_pA <= self.current_pA <= caps.current_max_pA:
+            raise InvalidRequest(
+                "current_pA", f"{self.current_pA} pA outside {caps.current_min_pA}..{caps.current_max_pA} pA"
+            )
+
+
+def choose_spectrum_positions(image: ImageRecord, n: int) -> list[tuple[float, float]]:
+    """``n`` sample-frame positions: one on each of the largest distinct features, plus a dark reference.
+
+    Deterministic in the image. Features are connected regions of the smoothed image
+    standing out of the background (median) by six robust noise deviations and a tenth
+    of the image's contrast;
+    each contributes its brightest point, largest regions first. The last position is
+    the darkest smoothed pixel (substrate or vacuum) as a background reference. When
+    there are too few features, the rest come from a coarse grid.
+    """
+    if n <= 0:
+        return []
+    smooth = ndimage.gaussian_filter(image.data.astype(np.float64), sigma=max(1.0, image.pixels / 256))
+    border = max(2, image.pixels // 32)
+    inner = np.zeros_like(smooth, dtype=bool)
+    inner[border:-border, border:-border] = True
+    background, top = np.median(smooth), np.percentile(smooth, 99.5)
+    noise = 1.4826 * np.median(np.abs(smooth - background))
+    labels, count = ndimage.label((smooth > background + max(6 * noise, 0.1 * (top - background))) & inner)
+    picks: list[tuple[int, int]] = []
+    if count:
+        sizes = ndimage.sum_labels(np.ones_like(smooth), labels, index=np.arange(1, count + 1))
+        brightest = ndimage.maximum_position(smooth, labels, index=np.arange(1, count + 1))
+        for i in np.argsort(-sizes, kind="stable")[: max(n - 1, 0)]:
+            picks.append((int(brightest[i][0]), int(brightest[i][1])))
+    dark = np.unravel_index(int(np.argmin(np.where(inner, smooth, np.inf))), smooth.shape)
+    picks.append((int(dark[0]), int(dark[1])))
+    side = max(4, int(np.ceil(np.sqrt(n))) + 1)
+    grid = np.unique(np.linspace(border, image.pixels - 1 - border, side).astype(int))
+    for r in grid:
+        for c in grid:
+            if len(picks) < n and (int(r), int(c)) not in picks:
+                picks.append((int(r), int(c)))
+    return [image.pixel_to_nm(r, c) for r, c in picks[:n]]
+
+
+@dataclass
+class SurveyResult:
+    image: ImageRecord
+    spectra: list[SpectrumRecord]
+    reused_steps: int
+
+
+def run_survey(
+    microscope: Microscope,
+    store: RunStore,
+    plan: SurveyPlan,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> SurveyResult:
+    """Acquire the overview image and spectra of ``plan`` into ``store`` (resumable).
+
+    The beam is unblanked for the survey and blanked again whatever happens.
+    ``progress(done, total)`` is called after each step.
+    """
+    caps = microscope.capabilities()
+    if plan.center_x_nm is not None or plan.center_y_nm is not None:
+        sx, sy = microscope.stage_position_nm()
+        center = (
+            plan.center_x_nm if plan.center_x_nm is not None else sx,
+            plan.center_y_nm if plan.center_y_nm is not None else sy,
+        )
+    else:
+        center = microscope.stage_position_nm()
+    plan.check_against(caps, center)
+    done_before = store.completed_steps()
+    total = 1 + plan.spectra
+    acq = Acquirer(microscope, store)
+    if center != microscope.stage_position_nm():
+        microscope.move_stage(*center)
+    if plan.current_pA is not None:
+        microscope.set_beam_current(plan.current_pA)
+    store.append_event("survey_started", plan=plan.model_dump(), resumed=bool(done_before))
+    microscope.unblank_beam()
+    try:
+        image = acq.image(IMAGE_STEP, fov_nm=plan.fov_nm, pixels=plan.pixels, dwell_s=plan.dwell_s)
+        if progress:
+            progress(1, total)
+        spectra = []
+        for i, (x, y) in enumerate(choose_spectrum_positions(image, plan.spectra)):
+            spectra.append(
+                acq.spectrum(
+                    spectrum_step(i),
+                    x_nm=x,
+                    y_nm=y,
+                    dwell_s=plan.spectrum_dwell_s,
+                    energy_min_eV=plan.energy_min_eV,
+                    energy_max_eV=plan.energy_max_eV,
+                )
+            )
+            if progress:
+                progress(2 + i, total)
+    finally:
+        microscope.blank_beam()
+    reused = len(done_before & ({IMAGE_STEP} | {spectrum_step(i) for i in range(plan.spectra)}))
+    store.append_event("survey_complete", steps=total, reused_steps=reused)
+    return SurveyResult(image=image, spectra=spectra, reused_steps=reused)
