@@ -34,8 +34,8 @@ class DoseMap:
         extent = max(x_max_nm - x_min_nm, y_max_nm - y_min_nm)
         self.cell_nm = max(float(cell_nm), extent / max_cells)
         self.x_min_nm, self.y_min_nm = float(x_min_nm), float(y_min_nm)
-        nx = int(np.ceil((x_max_nm - x_min_nm) / self.cell_nm))
-        ny = int(np.ceil((y_max_nm - y_min_nm) / self.cell_nm))
+        nx = int(np.ceil((x_max_nm - x_min_nm) / self.cell_nm - 1e-9))
+        ny = int(np.ceil((y_max_nm - y_min_nm) / self.cell_nm - 1e-9))
         self.e_per_A2 = np.zeros((ny, nx), dtype=np.float64)
 
     def _overlap(self, lo: float, hi: float, origin: float, n: int) -> tuple[int, np.ndarray]:
