@@ -12,10 +12,9 @@ import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
@@ -23,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autoscope.agents.settings import load_settings
+from autoscope.instruments.config_files import read_mapping
 from autoscope.instruments.errors import ConfigError, InstrumentError, InvalidRequest, SafetyLimitExceeded
 from autoscope.instruments.safety import SafetyLimits
 
@@ -89,22 +89,6 @@ def scenarios() -> None:
             sys.stdout.write(f"{name}\t{desc}\n")
 
 
-def _read_config(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError("config", f"no such file: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("config", f"{path} must hold a mapping of survey fields, not {type(data).__name__}")
-    return data
-
-
 @app.command()
 def survey(
     out: Annotated[Path, typer.Option(help="Run directory (created, or resumed when it holds a survey).")],
@@ -119,6 +103,7 @@ def survey(
     replay: Annotated[Path | None, typer.Option(help="Recorded spectrum image (.h5/.npz) to replay.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of survey fields (see README).")] = None,
     limits: Annotated[Path | None, typer.Option(help="Safety limits file (default: settings).")] = None,
+    sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
     fov_nm: Annotated[float | None, typer.Option(help="Field of view (nm).")] = None,
     pixels: Annotated[int | None, typer.Option(help="Pixels per side.")] = None,
     dwell_us: Annotated[float | None, typer.Option(help="Pixel dwell (µs).")] = None,
@@ -134,7 +119,7 @@ def survey(
 
     settings = load_settings()
     with _cli_errors():
-        fields = _read_config(config)
+        fields = read_mapping(config, "survey") if config else {}
         scenario = scenario or fields.pop("scenario", None)
         seed = seed if seed is not None else int(fields.pop("seed", 0))
         fields.pop("scenario", None)
@@ -156,6 +141,7 @@ def survey(
                 history=store.events("acquisition"),
                 scenario=scenario,
                 seed=seed,
+                sim_config=sim_config,
                 replay=replay,
                 remote=remote,
                 token=token or settings.token,
@@ -205,6 +191,7 @@ def instrument_serve(
         str | None, typer.Option(help="Bearer token (default: settings, else a new one).")
     ] = None,
     limits: Annotated[Path | None, typer.Option(help="Safety limits file enforced by the server.")] = None,
+    sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
     idle_exit_s: Annotated[float | None, typer.Option(help="Stop after this long without a request.")] = None,
 ) -> None:
     """Serve a microscope over HTTP (FastAPI + uvicorn), behind its safety limits."""
@@ -213,7 +200,9 @@ def instrument_serve(
 
     settings = load_settings()
     with _cli_errors():
-        scope = open_microscope(_limits(limits), scenario=scenario, seed=seed, replay=replay)
+        scope = open_microscope(
+            _limits(limits), scenario=scenario, seed=seed, sim_config=sim_config, replay=replay
+        )
         tok = token or settings.token
         if not tok:
             tok = secrets.token_urlsafe(24)

@@ -23,6 +23,7 @@ def open_backend(
     *,
     scenario: str | None = None,
     seed: int = 0,
+    sim_config: Path | None = None,
     replay: Path | None = None,
     remote: str | None = None,
     token: str | None = None,
@@ -32,7 +33,8 @@ def open_backend(
     """Open exactly one backend: a remote instrument, a replayed dataset, or the twin.
 
     ``remote`` is a URL (needs ``token``); ``replay`` a recorded spectrum image;
-    otherwise the simulated microscope of ``scenario``.
+    otherwise the simulated microscope of ``scenario``, with the twin settings
+    (drift, noise, timing, injected faults) of the ``sim_config`` file if given.
     """
     if remote and replay:
         raise InvalidRequest("replay", "give either --remote or --replay, not both")
@@ -48,9 +50,12 @@ def open_backend(
         if not Path(replay).exists():
             raise InvalidRequest("replay", f"no such dataset: {replay}")
         return ReplayMicroscope(Path(replay), seed=seed)
+    from autoscope.instruments.config_files import load_model
+    from autoscope.instruments.sim.config import SimConfig
     from autoscope.instruments.sim.scenarios import DEFAULT_SCENARIO, make_microscope
 
-    return make_microscope(scenario or DEFAULT_SCENARIO, seed=seed)
+    config = load_model(SimConfig, sim_config, "simulator") if sim_config else None
+    return make_microscope(scenario or DEFAULT_SCENARIO, seed=seed, config=config)
 
 
 def open_microscope(
@@ -87,7 +92,11 @@ def survey_defaults(caps: Capabilities, scenario: str | None = None) -> dict[str
         }
     top = min(caps.energy_max_eV, caps.energy_min_eV + caps.dispersion_eV * min(caps.max_channels, 2048))
     return {
-        "fov_nm": caps.max_fov_nm,
+        "fov_nm": min(
+            caps.max_fov_nm,
+            caps.stage.x_max_nm - caps.stage.x_min_nm,
+            caps.stage.y_max_nm - caps.stage.y_min_nm,
+        ),
         "pixels": 256,
         "dwell_s": 2e-6,
         "spectrum_dwell_s": 0.05,

@@ -18,20 +18,18 @@ which can only over-estimate the cell-averaged peak, never under-estimate it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from autoscope.instruments.config_files import load_model, validated
 from autoscope.instruments.dose import DoseMap
-from autoscope.instruments.errors import AcquisitionFailed, ConfigError, InvalidRequest, SafetyLimitExceeded
+from autoscope.instruments.errors import AcquisitionFailed, InvalidRequest, SafetyLimitExceeded
 from autoscope.instruments.protocols import Microscope
 from autoscope.instruments.records import (
     NM2_TO_A2,
@@ -89,43 +87,12 @@ class SafetyLimits(BaseModel):
     @classmethod
     def checked(cls, values: Any, path: str | None = None) -> SafetyLimits:
         """Validate ``values``; raise ``ConfigError`` naming the first bad field (and the file)."""
-        if not isinstance(values, dict):
-            raise ConfigError("file", f"must hold a mapping of limits, not {type(values).__name__}", path)
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err.get("loc", ()))
-            msg = err.get("msg", "invalid value")
-            if not loc:  # the min < max check names its fields in the message
-                loc = next((f for f in cls.model_fields if f in msg), "limits")
-            raise ConfigError(loc, msg, path) from None
+        return validated(cls, values, path)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SafetyLimits:
         """Read human-authored limits from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file."""
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError("file", "no such limits file", str(p)) from None
-        except OSError as exc:
-            raise ConfigError("file", f"cannot read the limits file: {exc}", str(p)) from None
-        suffix = p.suffix.lower()
-        try:
-            if suffix in (".yaml", ".yml"):
-                values = yaml.safe_load(text)
-            elif suffix == ".toml":
-                values = tomllib.loads(text)
-            elif suffix == ".json":
-                values = json.loads(text)
-            else:
-                raise ConfigError(
-                    "file", f"unknown format {suffix!r}; use .yaml, .yml, .toml or .json", str(p)
-                )
-        except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError("file", f"not valid {suffix[1:].upper()}: {exc}", str(p)) from None
-        return cls.checked(values, str(p))
+        return load_model(cls, path, "limits")
 
 
 class _DoseLedger:

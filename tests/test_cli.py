@@ -100,8 +100,8 @@ def test_fov_outside_stage_when_off_centre(tmp_path: Path):
         ("pixels: lots\n", "pixels"),
         ("spectrum_dwell_s: -1\n", "spectrum_dwell_s"),
         ("colour: blue\n", "colour"),
-        ("pixels: [64\n", "config"),
-        ("- just\n- a list\n", "config"),
+        ("pixels: [64\n", "not valid YAML"),
+        ("- just\n- a list\n", "must hold a mapping"),
     ],
 )
 def test_corrupt_config_exits_2_naming_the_field(tmp_path: Path, text: str, field: str):
@@ -127,3 +127,36 @@ def test_bad_input_loses_nothing_already_acquired(tmp_path: Path):
     assert res.exit_code == 2
     assert (out / "events.jsonl").read_text().startswith(before)
     assert RunStore.open(out, read_only=True).completed_steps() >= {"survey-image", "survey-spectrum-02"}
+
+
+def test_sim_config_injects_faults_that_the_survey_survives(tmp_path: Path):
+    sim = tmp_path / "twin.yaml"
+    sim.write_text("timeout_rate: 0.2\ndisconnect_rate: 0.1\n")
+    out = tmp_path / "run"
+    res = cli("survey", "--scenario", "plasmonic", "--seed", "2", "--out", str(out), "--sim-config", str(sim), *SMALL)
+    assert res.exit_code == 0, res.output
+    store = RunStore.open(out, read_only=True)
+    assert len(store.completed_steps()) == 4
+    assert store.events("acquisition_failed"), "faults at these rates should have happened"
+
+
+def test_bad_sim_config_names_the_field(tmp_path: Path):
+    sim = tmp_path / "twin.yaml"
+    sim.write_text("timeout_rate: 3\n")
+    res = cli("survey", "--scenario", "plasmonic", "--out", str(tmp_path / "r"), "--sim-config", str(sim), *SMALL)
+    assert res.exit_code == 2 and "timeout_rate" in res.output
+
+
+def test_survey_through_a_served_instrument(tmp_path: Path):
+    from autoscope.tests.servers import instrument_server
+
+    with instrument_server(tmp_path, "--scenario", "tmd-defects", "--seed", "4") as (url, token):
+        out = tmp_path / "remote-run"
+        res = cli("survey", "--remote", url, "--token", token, "--out", str(out), *SMALL)
+        assert res.exit_code == 0, res.output
+        bad = cli("survey", "--remote", url, "--token", "wrong", "--out", str(tmp_path / "r2"), *SMALL)
+        assert bad.exit_code == 1 and "token" in bad.output
+    store = RunStore.open(out, read_only=True)
+    image = store.load("survey-image")
+    assert image.data.shape == (64, 64) and image.fov_nm == pytest.approx(12.0, rel=0.01)  # the served sample's field
+    assert (out / "survey.png").exists()

@@ -83,7 +83,8 @@ def choose_spectrum_positions(image: ImageRecord, n: int) -> list[tuple[float, f
     of the image's contrast;
     each contributes its brightest point, largest regions first. The last position is
     the darkest smoothed pixel (substrate or vacuum) as a background reference. When
-    there are too few features, the rest come from a coarse grid.
+    there are too few features, the rest come from a coarse grid, each point moved to the
+    brightest pixel near it.
     """
     if n <= 0:
         return []
@@ -104,10 +105,18 @@ def choose_spectrum_positions(image: ImageRecord, n: int) -> list[tuple[float, f
     picks.append((int(dark[0]), int(dark[1])))
     side = max(4, int(np.ceil(np.sqrt(n))) + 1)
     grid = np.unique(np.linspace(border, image.pixels - 1 - border, side).astype(int))
+    half = max(1, image.pixels // 32)
     for r in grid:
         for c in grid:
-            if len(picks) < n and (int(r), int(c)) not in picks:
-                picks.append((int(r), int(c)))
+            # snap to the brightest pixel nearby, so lattice images put the probe on a column
+            r0, c0 = max(r - half, border), max(c - half, border)
+            win = smooth[
+                r0 : min(r + half + 1, image.pixels - border), c0 : min(c + half + 1, image.pixels - border)
+            ]
+            dr, dc = np.unravel_index(int(np.argmax(win)), win.shape)
+            spot = (int(r0 + dr), int(c0 + dc))
+            if len(picks) < n and spot not in picks:
+                picks.append(spot)
     return [image.pixel_to_nm(r, c) for r, c in picks[:n]]
 
 
