@@ -28,14 +28,14 @@ import h5py
 import numpy as np
 from scipy import ndimage
 
-from autoscope.instruments.errors import BeamBlanked, InvalidRequest
+from autoscope.instruments.errors import InvalidRequest
+from autoscope.instruments.local import LocalBackend
 from autoscope.instruments.records import (
     NM2_TO_A2,
     Capabilities,
     Detector,
     ImageRecord,
     ImageRequest,
-    InstrumentStatus,
     SpectrumRecord,
     SpectrumRequest,
     StageLimits,
@@ -180,12 +180,14 @@ def load_spectrum_image(path: str | Path) -> SpectrumImage:
     return SpectrumImage(image=np.asarray(image), spectra=np.asarray(spectra), **{**_OPTIONAL, **values})
 
 
-class ReplayMicroscope:
+class ReplayMicroscope(LocalBackend):
     """A microscope that replays a recorded spectrum image (HAADF only).
 
     The stage travels over the recorded extent, the largest field is the extent, the
     clock is simulated. ``poisson=False`` returns the scaled expectation itself.
     """
+
+    backend = "replay"
 
     def __init__(
         self,
@@ -225,10 +227,6 @@ class ReplayMicroscope:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _require_beam(self) -> None:
-        if self._blanked:
-            raise BeamBlanked("the beam is blanked: call unblank_beam() before acquiring")
-
     def _counts(self, expected: np.ndarray) -> np.ndarray:
         expected = np.clip(expected, 0.0, None)
         if self.poisson:
@@ -237,16 +235,11 @@ class ReplayMicroscope:
 
     def _check_in_field(self, x_nm: float, y_nm: float) -> None:
         """Raise InvalidRequest unless (x, y) lies on the data and in the scan field."""
+        super()._check_in_field(x_nm, y_nm)
         x0, x1, y0, y1 = self.data.extent_nm
-        half = self._caps.max_fov_nm / 2
-        sx, sy = self._stage
-        for field, v, lo, hi, c in (("x_nm", x_nm, x0, x1, sx), ("y_nm", y_nm, y0, y1, sy)):
+        for field, v, lo, hi in (("x_nm", x_nm, x0, x1), ("y_nm", y_nm, y0, y1)):
             if not lo <= v <= hi:
                 raise InvalidRequest(field, f"{v} nm lies outside the recorded data [{lo}, {hi}] nm")
-            if abs(v - c) > half:
-                raise InvalidRequest(
-                    field, f"{v} nm is outside the scan field of ±{half} nm around the stage"
-                )
 
     # -- Imaging, Spectroscopy ----------------------------------------------------------------
 
@@ -342,68 +335,16 @@ class ReplayMicroscope:
         return self._probe
 
     def move_probe(self, x_nm: float, y_nm: float) -> None:
-        for field, v in (("x_nm", x_nm), ("y_nm", y_nm)):
-            if not math.isfinite(v):
-                raise InvalidRequest(field, f"{v} is not a finite position")
         self._check_in_field(x_nm, y_nm)
         self._probe = (float(x_nm), float(y_nm))
         self._clock_s += PROBE_SETTLE_S
 
-    def blank_beam(self) -> None:
-        self._blanked = True
-
-    def unblank_beam(self) -> None:
-        self._blanked = False
-
-    def beam_blanked(self) -> bool:
-        return self._blanked
-
-    def beam_current_pA(self) -> float:
-        return self._current_pA
-
-    def set_beam_current(self, current_pA: float) -> None:
-        lo, hi = self._caps.current_min_pA, self._caps.current_max_pA
-        if not (math.isfinite(current_pA) and lo <= current_pA <= hi):
-            raise InvalidRequest("current_pA", f"{current_pA} pA is outside [{lo}, {hi}] pA")
-        self._current_pA = float(current_pA)
-
     # -- Stage, Status, Clock -----------------------------------------------------------------
 
-    def stage_position_nm(self) -> tuple[float, float]:
-        return self._stage
-
     def move_stage(self, x_nm: float, y_nm: float) -> None:
-        limits = self._caps.stage
-        for field, v, lo, hi in (
-            ("x_nm", x_nm, limits.x_min_nm, limits.x_max_nm),
-            ("y_nm", y_nm, limits.y_min_nm, limits.y_max_nm),
-        ):
-            if not (math.isfinite(v) and lo <= v <= hi):
-                raise InvalidRequest(field, f"{v} nm is outside the stage travel [{lo}, {hi}] nm")
+        x_nm, y_nm = self._check_stage_target(x_nm, y_nm)
         dx_nm, dy_nm = x_nm - self._stage[0], y_nm - self._stage[1]
         self._stage = (float(x_nm), float(y_nm))
         # the scan deflection is kept: the probe moves with the stage in the sample frame
         self._probe = (self._probe[0] + dx_nm, self._probe[1] + dy_nm)
         self._clock_s += STAGE_SETTLE_S + math.hypot(dx_nm, dy_nm) / STAGE_SPEED_NM_PER_S
-
-    def status(self) -> InstrumentStatus:
-        return InstrumentStatus(
-            name=self.name,
-            backend="replay",
-            stage_x_nm=self._stage[0],
-            stage_y_nm=self._stage[1],
-            probe_x_nm=self._probe[0],
-            probe_y_nm=self._probe[1],
-            beam_blanked=self._blanked,
-            current_pA=self._current_pA,
-            clock_s=self._clock_s,
-            acquisitions=self._acquisitions,
-            total_dose_e=self._total_dose_e,
-            capabilities=self._caps,
-        )
-
-    def capabilities(self) -> Capabilities:
-        return self._caps
-
-    def now_s(self) -> float:
-        return self._clock_s

@@ -25,14 +25,14 @@ import math
 import numpy as np
 
 from autoscope.instruments.dose import DoseMap
-from autoscope.instruments.errors import BeamBlanked, ConnectionLost, InstrumentTimeout, InvalidRequest
+from autoscope.instruments.errors import ConnectionLost, InstrumentTimeout, InvalidRequest
+from autoscope.instruments.local import LocalBackend
 from autoscope.instruments.records import (
     NM2_TO_A2,
     Capabilities,
     Detector,
     ImageRecord,
     ImageRequest,
-    InstrumentStatus,
     SpectrumRecord,
     SpectrumRequest,
     StageLimits,
@@ -90,7 +90,7 @@ class DriftProcess:
         return float(t_s * self._v[0] + wx), float(t_s * self._v[1] + wy)
 
 
-class SimMicroscope:
+class SimMicroscope(LocalBackend):
     """A simulated STEM implementing every protocol of ``instruments/protocols.py``."""
 
     backend = "sim"
@@ -140,20 +140,6 @@ class SimMicroscope:
     @property
     def _probe_sigma_nm(self) -> float:
         return self._sample.probe_fwhm_nm / FWHM_PER_SIGMA
-
-    def _check_in_field(self, x_nm: float, y_nm: float) -> None:
-        half = self._caps.max_fov_nm / 2.0
-        sx, sy = self._stage
-        for field, value, centre in (("x_nm", x_nm, sx), ("y_nm", y_nm, sy)):
-            if not math.isfinite(value) or abs(value - centre) > half:
-                raise InvalidRequest(
-                    field,
-                    f"{value} nm is outside the scan field (±{half:g} nm around the stage at {centre:g} nm)",
-                )
-
-    def _require_beam(self) -> None:
-        if self._blanked:
-            raise BeamBlanked("the beam is blanked; call unblank_beam() before acquiring")
 
     def _expose_path(self, x0: float, y0: float, x1: float, y1: float, time_s: float) -> None:
         """Dose from the unblanked probe sweeping (x0,y0)→(x1,y1) in the sample frame for ``time_s``."""
@@ -305,37 +291,9 @@ class SimMicroscope:
         self._check_in_field(float(x_nm), float(y_nm))
         self._probe_offset = (float(x_nm) - self._stage[0], float(y_nm) - self._stage[1])
 
-    def blank_beam(self) -> None:
-        self._blanked = True
-
-    def unblank_beam(self) -> None:
-        self._blanked = False
-
-    def beam_blanked(self) -> bool:
-        return self._blanked
-
-    def beam_current_pA(self) -> float:
-        return self._current_pA
-
-    def set_beam_current(self, current_pA: float) -> None:
-        lo, hi = self._caps.current_min_pA, self._caps.current_max_pA
-        if not (math.isfinite(current_pA) and lo <= current_pA <= hi):
-            raise InvalidRequest("current_pA", f"{current_pA} pA is outside the range {lo}..{hi} pA")
-        self._current_pA = float(current_pA)
-
     # ---------------------------------------------------------------- Stage
-    def stage_position_nm(self) -> tuple[float, float]:
-        return self._stage
-
     def move_stage(self, x_nm: float, y_nm: float) -> None:
-        lim = self._caps.stage
-        for field, v, lo, hi in (
-            ("x_nm", x_nm, lim.x_min_nm, lim.x_max_nm),
-            ("y_nm", y_nm, lim.y_min_nm, lim.y_max_nm),
-        ):
-            if not (math.isfinite(v) and lo <= v <= hi):
-                raise InvalidRequest(field, f"{v} nm is outside the stage travel {lo}..{hi} nm")
-        x_nm, y_nm = float(x_nm), float(y_nm)
+        x_nm, y_nm = self._check_stage_target(x_nm, y_nm)
         dist = math.hypot(x_nm - self._stage[0], y_nm - self._stage[1])
         if dist == 0.0:
             return
@@ -364,26 +322,4 @@ class SimMicroscope:
         self._clock_s += dt_s
         self._drift.sample(np.array([self._clock_s]))
 
-    # ---------------------------------------------------------------- Status / Clock
-    def capabilities(self) -> Capabilities:
-        return self._caps
-
-    def status(self) -> InstrumentStatus:
-        px, py = self.probe_position_nm()
-        return InstrumentStatus(
-            name=self.name,
-            backend=self.backend,
-            stage_x_nm=self._stage[0],
-            stage_y_nm=self._stage[1],
-            probe_x_nm=px,
-            probe_y_nm=py,
-            beam_blanked=self._blanked,
-            current_pA=self._current_pA,
-            clock_s=self._clock_s,
-            acquisitions=self._acquisitions,
-            total_dose_e=self._total_dose_e,
-            capabilities=self._caps,
-        )
-
-    def now_s(self) -> float:
         return self._clock_s
