@@ -12,6 +12,7 @@ image column, ``y_nm`` with the image row. An image is centred on the stage posi
 from __future__ import annotations
 
 import dataclasses
+import math
 from enum import StrEnum
 from typing import Any
 
@@ -27,6 +28,11 @@ NM2_TO_A2 = 100.0
 def electrons(current_pA: float, time_s: float) -> float:
     """Number of beam electrons delivered by ``current_pA`` during ``time_s``."""
     return current_pA * 1e-12 * time_s / ELEMENTARY_CHARGE_C
+
+
+def spot_dose_e_per_A2(n_electrons: float, probe_fwhm_nm: float) -> float:
+    """Areal dose of ``n_electrons`` delivered within a probe's FWHM disc (e/Å²)."""
+    return n_electrons / (math.pi * (probe_fwhm_nm / 2.0) ** 2 * NM2_TO_A2)
 
 
 class Detector(StrEnum):

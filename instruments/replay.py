@@ -41,6 +41,7 @@ from autoscope.instruments.records import (
     StageLimits,
     electrons,
     energy_axis,
+    spot_dose_e_per_A2,
 )
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,6 @@ class ReplayMicroscope(LocalBackend):
         counts = self._counts(recorded * scale)
 
         dose_e = electrons(self._current_pA, req.dwell_s)
-        radius_nm = self._caps.probe_fwhm_nm / 2
         self._probe = (req.x_nm, req.y_nm)
         t0 = self._clock_s
         self._clock_s += PROBE_SETTLE_S + req.dwell_s + SPECTRUM_READOUT_S
@@ -324,7 +324,7 @@ class ReplayMicroscope(LocalBackend):
             dwell_s=req.dwell_s,
             current_pA=self._current_pA,
             dose_e=dose_e,
-            dose_e_per_A2=dose_e / (math.pi * radius_nm**2 * NM2_TO_A2),
+            dose_e_per_A2=spot_dose_e_per_A2(dose_e, self._caps.probe_fwhm_nm),
             t_start_s=t0,
             t_end_s=self._clock_s,
         )

@@ -38,6 +38,7 @@ from autoscope.instruments.records import (
     StageLimits,
     electrons,
     energy_axis,
+    spot_dose_e_per_A2,
 )
 from autoscope.instruments.sim.config import SimConfig
 from autoscope.instruments.sim.faults import Fault, FaultInjector, corrupt
@@ -259,7 +260,7 @@ class SimMicroscope(LocalBackend):
             counts += self._rng_noise.standard_normal(channels) * c.spectrum_read_noise_counts
 
         fwhm = self._sample.probe_fwhm_nm
-        dose_A2 = n_e / (math.pi * (fwhm / 2.0) ** 2 * NM2_TO_A2)
+        dose_A2 = spot_dose_e_per_A2(n_e, fwhm)
         self._dose.add_spot(sx, sy, n_e, fwhm)
         self._total_dose_e += n_e
         self._sample.apply_damage(self._dose, self._rng_damage)
