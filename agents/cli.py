@@ -7,10 +7,11 @@ limit (a person must decide), 1 any other instrument failure.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,9 @@ from autoscope.instruments.safety import SafetyLimits
 log = logging.getLogger("autoscope")
 app = typer.Typer(help="Automated STEM experiments.", no_args_is_help=True, pretty_exceptions_enable=False)
 instrument_app = typer.Typer(help="Serve or inspect an instrument.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: discovery yield and model latency.", no_args_is_help=True)
 app.add_typer(instrument_app, name="instrument")
+app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
 
 EXIT_BAD_INPUT = 2
@@ -112,7 +115,7 @@ def survey(
     spectrum_dwell_s: Annotated[float | None, typer.Option(help="Spectrum exposure (s).")] = None,
 ) -> None:
     """Acquire an overview image and a few spectra; write HDF5, the event log and a PNG."""
-    from autoscope.instruments.factory import open_microscope, survey_defaults
+    from autoscope.instruments.factory import DEFAULT_SCENARIO, open_microscope, survey_defaults
     from autoscope.tools.figures import survey_figure
     from autoscope.tools.store import RunStore
     from autoscope.tools.survey import SurveyPlan, run_survey
@@ -148,7 +151,9 @@ def survey(
                 timeout_s=settings.remote_timeout_s,
                 retries=settings.remote_retries,
             )
-            defaults = survey_defaults(scope.capabilities(), None if (remote or replay) else scenario)
+            defaults = survey_defaults(
+                scope.capabilities(), None if (remote or replay) else (scenario or DEFAULT_SCENARIO)
+            )
             plan = SurveyPlan(**{**defaults, **fields, **{k: v for k, v in flags.items() if v is not None}})
             with Progress(
                 TextColumn("survey"),
@@ -176,6 +181,158 @@ def survey(
             png,
         )
         typer.echo(str(Path(out).resolve()))
+
+
+@app.command()
+def campaign(
+    campaign_file: Annotated[
+        Path | None, typer.Argument(help="Campaign file (default: the scenario's).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Run directory (created, or resumed).")] = Path("runs/campaign"),
+    scenario: Annotated[str | None, typer.Option(help="Simulated scenario.")] = None,
+    method: Annotated[str | None, typer.Option(help="dkl, gp, random or raster.")] = None,
+    budget: Annotated[int | None, typer.Option(help="Spectra to acquire.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sample, noise and seed points.")] = None,
+    remote: Annotated[str | None, typer.Option(help="URL of a served instrument.")] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token of the remote instrument.")] = None,
+    replay: Annotated[Path | None, typer.Option(help="Recorded spectrum image to replay.")] = None,
+    limits: Annotated[Path | None, typer.Option(help="Safety limits file.")] = None,
+    sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
+) -> None:
+    """Run (or resume) an active-learning campaign without an LLM; write the store and campaign.png."""
+    from autoscope.instruments.factory import DEFAULT_SCENARIO, open_microscope
+    from autoscope.tools.campaign import default_campaign_path, load_campaign, run_campaign
+    from autoscope.tools.figures import campaign_figure
+    from autoscope.tools.store import RunStore
+
+    settings = load_settings()
+    with _cli_errors():
+        name = scenario or (None if (remote or replay) else DEFAULT_SCENARIO)
+        if campaign_file is None and name is None:
+            raise ConfigError("campaign", "a remote or replayed instrument needs a campaign file")
+        cfg = load_campaign(campaign_file or default_campaign_path(name))
+        changes = {"method": method, "budget": budget, "seed": seed}
+        cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
+        store = RunStore.open_or_create(out, meta={"command": "campaign", "scenario": name, "seed": cfg.seed})
+        with store:
+            scope = open_microscope(
+                _limits(limits),
+                on_event=lambda e: store.append_event(**e),
+                history=store.events("acquisition"),
+                scenario=name,
+                seed=cfg.seed,
+                sim_config=sim_config,
+                replay=replay,
+                remote=remote,
+                token=token or settings.token,
+                timeout_s=settings.remote_timeout_s,
+                retries=settings.remote_retries,
+            )
+            with _progress("campaign", cfg.budget) as advance:
+                result = run_campaign(scope, store, cfg, on_step=lambda _i: advance(1))
+            png = campaign_figure(
+                result, Path(out) / "campaign.png", title=f"{name or remote or replay} — {cfg.method}"
+            )
+        log.info(
+            "campaign done: %d measurements (%d distinct), best %.4g, dose %.3g e; %s",
+            len(result.measured),
+            len(set(result.measured)),
+            max(result.y, default=float("nan")),
+            result.dose_e,
+            png,
+        )
+        typer.echo(str(Path(out).resolve()))
+        if result.stopped_by is not None:
+            err.print(
+                f"[yellow]stopped by the {result.stopped_by.kind} monitor:[/yellow] {result.stopped_by.message}"
+            )
+            raise typer.Exit(EXIT_STOPPED)
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    with Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@bench_app.command("discovery")
+def bench_discovery_cmd(
+    scenario: Annotated[str | None, typer.Option(help="Simulated scenario.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (medians are reported).")] = 5,
+    budget: Annotated[int, typer.Option(min=1, help="Spectra per campaign.")] = 150,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "dkl,gp,random,raster",
+    campaign_file: Annotated[Path | None, typer.Option("--campaign", help="Campaign file.")] = None,
+    replay: Annotated[Path | None, typer.Option(help="Benchmark on a recorded spectrum image.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Measurements to 50 % / 90 % recall of the target regions, per method (see README)."""
+    from autoscope.evals.discovery import bench_discovery
+    from autoscope.tools.campaign import METHODS
+
+    with _cli_errors():
+        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = sorted(set(chosen) - set(METHODS))
+        if unknown:
+            raise ConfigError("methods", f"unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        name = scenario or (None if replay else "plasmonic")
+        with _progress("bench", seeds * budget * len(chosen)) as advance:
+            result = bench_discovery(
+                name, seeds, budget, methods=chosen, campaign=campaign_file, replay=replay, progress=advance
+            )
+        if as_json:
+            typer.echo(json.dumps(result))
+            return
+        table = Table(
+            "method",
+            "to 50 %",
+            "to 90 %",
+            "recall at budget",
+            "dose (e/Å²)",
+            "step (ms)",
+            title=f"discovery on {result['scenario']}: {seeds} seeds, budget {budget}",
+        )
+        for m, r in result["methods"].items():
+            table.add_row(
+                m,
+                str(r["to_recall_50"]),
+                str(r["to_recall_90"]),
+                f"{r['recall_at_budget']:.2f}",
+                f"{r['dose_e_per_A2']:.3g}",
+                f"{r['step_latency_ms']:.1f}",
+            )
+        Console().print(table)
+
+
+@bench_app.command("latency")
+def bench_latency_cmd(
+    candidates: Annotated[int, typer.Option(min=2, help="Candidate positions.")] = 4096,
+    dim: Annotated[int, typer.Option(min=1, help="Descriptor dimensions.")] = 64,
+    observations: Annotated[int, typer.Option(min=2, help="Measurements the model is fitted on.")] = 200,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    steps: Annotated[int, typer.Option(min=1, help="Steps timed per method (median).")] = 5,
+    replay: Annotated[
+        Path | None, typer.Option(help="Take descriptors from a recorded spectrum image.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Median step time (fit + predict + acquisition) of DKL and GP vs scikit-learn's ARD GP."""
+    from autoscope.evals.latency import bench_latency, format_latency
+
+    with _cli_errors():
+        if device not in ("cpu", "cuda"):
+            raise ConfigError("device", f"{device!r}: choose cpu or cuda")
+        result = bench_latency(
+            candidates=candidates,
+            dim=dim,
+            observations=observations,
+            device=device,
+            steps=steps,
+            replay=replay,
+        )
+        typer.echo(json.dumps(result) if as_json else format_latency(result))
 
 
 @instrument_app.command("serve")

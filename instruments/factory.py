@@ -15,6 +15,7 @@ from autoscope.instruments.errors import InvalidRequest
 from autoscope.instruments.protocols import Microscope
 from autoscope.instruments.records import Capabilities
 from autoscope.instruments.safety import SafeMicroscope, SafetyLimits
+from autoscope.instruments.sim.scenarios import DEFAULT_SCENARIO
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def open_backend(
         return ReplayMicroscope(Path(replay), seed=seed)
     from autoscope.instruments.config_files import load_model
     from autoscope.instruments.sim.config import SimConfig
-    from autoscope.instruments.sim.scenarios import DEFAULT_SCENARIO, make_microscope
+    from autoscope.instruments.sim.scenarios import make_microscope
 
     config = load_model(SimConfig, sim_config, "simulator") if sim_config else None
     return make_microscope(scenario or DEFAULT_SCENARIO, seed=seed, config=config)

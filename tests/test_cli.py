@@ -133,7 +133,18 @@ def test_sim_config_injects_faults_that_the_survey_survives(tmp_path: Path):
     sim = tmp_path / "twin.yaml"
     sim.write_text("timeout_rate: 0.2\ndisconnect_rate: 0.1\n")
     out = tmp_path / "run"
-    res = cli("survey", "--scenario", "plasmonic", "--seed", "2", "--out", str(out), "--sim-config", str(sim), *SMALL)
+    res = cli(
+        "survey",
+        "--scenario",
+        "plasmonic",
+        "--seed",
+        "2",
+        "--out",
+        str(out),
+        "--sim-config",
+        str(sim),
+        *SMALL,
+    )
     assert res.exit_code == 0, res.output
     store = RunStore.open(out, read_only=True)
     assert len(store.completed_steps()) == 4
@@ -143,7 +154,9 @@ def test_sim_config_injects_faults_that_the_survey_survives(tmp_path: Path):
 def test_bad_sim_config_names_the_field(tmp_path: Path):
     sim = tmp_path / "twin.yaml"
     sim.write_text("timeout_rate: 3\n")
-    res = cli("survey", "--scenario", "plasmonic", "--out", str(tmp_path / "r"), "--sim-config", str(sim), *SMALL)
+    res = cli(
+        "survey", "--scenario", "plasmonic", "--out", str(tmp_path / "r"), "--sim-config", str(sim), *SMALL
+    )
     assert res.exit_code == 2 and "timeout_rate" in res.output
 
 
@@ -158,5 +171,7 @@ def test_survey_through_a_served_instrument(tmp_path: Path):
         assert bad.exit_code == 1 and "token" in bad.output
     store = RunStore.open(out, read_only=True)
     image = store.load("survey-image")
-    assert image.data.shape == (64, 64) and image.fov_nm == pytest.approx(12.0, rel=0.01)  # the served sample's field
+    assert image.data.shape == (64, 64) and image.fov_nm == pytest.approx(
+        12.0, rel=0.01
+    )  # the served sample's field
     assert (out / "survey.png").exists()

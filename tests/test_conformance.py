@@ -18,7 +18,8 @@ from autoscope.instruments.errors import BeamBlanked, InvalidRequest
 from autoscope.instruments.protocols import Beam, Clock, Imaging, Microscope, Spectroscopy, Stage, Status
 from autoscope.instruments.records import NM2_TO_A2, Detector, electrons
 from autoscope.instruments.remote.client import RemoteMicroscope
-from autoscope.instruments.replay import ReplayMicroscope, save_spectrum_image
+from autoscope.instruments.replay import ReplayMicroscope
+from autoscope.tests.datasets import record_from_twin
 from autoscope.tests.servers import instrument_server
 
 BACKENDS = ["twin", "replay", "remote"]
@@ -33,38 +34,9 @@ def _twin():
     return make_microscope("plasmonic", seed=0)
 
 
-def _record_from_twin(path: Path) -> Path:
-    """Record a small spectrum image on the twin: one scan, then one spectrum per pixel."""
-    twin = _twin()
-    caps = twin.capabilities()
-    fov_nm = min(caps.max_fov_nm / 4, 40.0)
-    window = (caps.energy_min_eV, min(caps.energy_max_eV, caps.energy_min_eV + 200 * caps.dispersion_eV))
-    twin.unblank_beam()
-    image = twin.acquire_image(fov_nm, GRID, 1e-5)
-    spectra = []
-    for row in range(GRID):
-        for col in range(GRID):
-            x_nm, y_nm = image.pixel_to_nm(row, col)
-            spectra.append(twin.acquire_spectrum(x_nm, y_nm, 0.01, *window))
-    twin.blank_beam()
-    return save_spectrum_image(
-        path,
-        image.data,
-        np.stack([s.counts for s in spectra]).reshape(GRID, GRID, -1),
-        pixel_size_nm=image.pixel_size_nm,
-        energy_offset_eV=spectra[0].energy_offset_eV,
-        dispersion_eV=spectra[0].dispersion_eV,
-        dwell_s=image.dwell_s,
-        spectrum_dwell_s=0.01,
-        current_pA=image.current_pA,
-        origin_x_nm=image.center_x_nm - fov_nm / 2,
-        origin_y_nm=image.center_y_nm - fov_nm / 2,
-    )
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> Path:
-    return _record_from_twin(tmp_path_factory.mktemp("conformance") / "twin_si.h5")
+    return record_from_twin(tmp_path_factory.mktemp("conformance") / "twin_si.h5", grid=GRID)
 
 
 @pytest.fixture(scope="module")

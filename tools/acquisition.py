@@ -64,7 +64,14 @@ class Acquirer:
         )
 
     def image(
-        self, step_id: str, *, fov_nm: float, pixels: int, dwell_s: float, detector: Detector = Detector.HAADF
+        self,
+        step_id: str,
+        *,
+        fov_nm: float,
+        pixels: int,
+        dwell_s: float,
+        detector: Detector = Detector.HAADF,
+        **extra: Any,
     ) -> ImageRecord:
         """The image of ``step_id``: from the store when already acquired, else acquired and stored."""
         if self.store.has_step(step_id):
@@ -78,7 +85,7 @@ class Acquirer:
             return rec
 
         record = self._retrying(step_id)(once)
-        self.store.save_image(step_id, record)
+        self.store.save_image(step_id, record, **extra)
         return record
 
     def spectrum(
@@ -90,8 +97,12 @@ class Acquirer:
         dwell_s: float,
         energy_min_eV: float,
         energy_max_eV: float,
+        **extra: Any,
     ) -> SpectrumRecord:
-        """The spectrum of ``step_id``: from the store when already acquired, else acquired and stored."""
+        """The spectrum of ``step_id``: from the store when already acquired, else acquired and stored.
+
+        ``extra`` fields go into the acquisition event (e.g. the candidate index a campaign aimed at).
+        """
         if self.store.has_step(step_id):
             log.info("step %s already in the store; not re-acquired", step_id)
             return self.store.load(step_id)  # type: ignore[return-value]
@@ -103,5 +114,5 @@ class Acquirer:
             return rec
 
         record = self._retrying(step_id)(once)
-        self.store.save_spectrum(step_id, record)
+        self.store.save_spectrum(step_id, record, **extra)
         return record

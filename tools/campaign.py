@@ -1,0 +1,361 @@
+"""The campaign runner: the inner loop of an automated experiment, without an LLM.
+
+survey → candidate grid and patch descriptors → seed points → loop(acquire a spectrum
+at a candidate, store it, scalarize, update the model, choose the next candidate),
+within a measurement budget and whatever safety limits wrap the microscope.
+
+Every step is an exactly-once store step (``al-0000``, ``al-0001``...; repeated surveys
+for drift checks are ``drift-000``...), and its acquisition event records the candidate
+it aimed at, so a killed campaign resumes from the store: finished steps are read back,
+never re-acquired, and no position is ever measured twice.
+
+Methods share this runner: ``dkl`` (deep kernel learning on PCA-compressed patches),
+``gp`` (exact GP on raw patches), and the baselines ``random`` and ``raster``
+(serpentine over a sub-sampled grid sized to the budget).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscope.instruments.config_files import load_model
+from autoscope.instruments.protocols import Microscope
+from autoscope.instruments.records import ImageRecord, SpectrumRecord
+from autoscope.tools.acquisition import Acquirer
+from autoscope.tools.ml.acquisition import AcquisitionSpec, choose_detailed
+from autoscope.tools.ml.base import FitReport, MonitorEvent, MonitorKind, Surrogate
+from autoscope.tools.ml.descriptors import (
+    CandidateGrid,
+    PatchFeaturizer,
+    PatchSpec,
+    candidate_grid,
+    extract_patches,
+    in_field,
+    patches_at_nm,
+)
+from autoscope.tools.ml.monitors import DriftMonitor, OODMonitor, StuckMonitor
+from autoscope.tools.ml.scalarizers import Scalarizer
+from autoscope.tools.store import RunStore
+from autoscope.tools.survey import IMAGE_STEP, SurveyPlan, run_survey
+
+log = logging.getLogger(__name__)
+
+Method = Literal["dkl", "gp", "random", "raster"]
+METHODS: tuple[Method, ...] = ("dkl", "gp", "random", "raster")
+
+
+class CampaignConfig(BaseModel):
+    """Everything a campaign needs; typed, serialisable, validated (agents will write these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Method = "dkl"
+    budget: int = Field(150, ge=1, le=100_000, description="spectra to acquire, seeds included")
+    seed_points: int = Field(8, ge=1, description="random measurements before the model takes over")
+    seed: int = 0
+    survey: SurveyPlan
+    stride_px: int = Field(8, ge=1, description="candidate spacing on the survey image (pixels)")
+    patch: PatchSpec = PatchSpec()
+    scalarizer: Scalarizer
+    acquisition: AcquisitionSpec = AcquisitionSpec(kind="ei")
+    spectrum_dwell_s: float = Field(gt=0)
+    energy_min_eV: float
+    energy_max_eV: float
+    drift_check_every: int | None = Field(None, ge=1, description="steps between repeated surveys")
+    drift_threshold_nm: float | None = Field(None, gt=0, description="default: one survey pixel")
+    stuck_window: int = Field(15, ge=3)
+    stop_on: tuple[MonitorKind, ...] = ()
+
+    def with_(self, **changes) -> CampaignConfig:
+        """A validated copy with ``changes`` (a campaign file plus command-line overrides)."""
+        return CampaignConfig.model_validate({**self.model_dump(), **changes})
+
+
+def default_campaign_path(scenario: str) -> Path:
+    return Path(str(resources.files("autoscope.tools").joinpath("campaigns", f"{scenario}.yaml")))
+
+
+def load_campaign(path: str | Path) -> CampaignConfig:
+    """A campaign file (YAML/TOML/JSON); errors name the file and the field."""
+    return load_model(CampaignConfig, path, "campaign")
+
+
+@dataclass
+class StepInfo:
+    """One measurement of a campaign, as observers (benchmarks, progress) see it."""
+
+    step: int
+    step_id: str
+    candidate: int
+    phase: Literal["seed", "active", "baseline"]
+    y: float
+    record: SpectrumRecord
+    reused: bool
+    model_s: float  # fit + prediction + acquisition time spent choosing this candidate
+    mean_std: float | None  # mean posterior standard deviation over candidates when it was chosen
+
+
+@dataclass
+class CampaignResult:
+    survey: ImageRecord
+    grid: CandidateGrid
+    measured: list[int] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+    steps: list[StepInfo] = field(default_factory=list)
+    events: list[MonitorEvent] = field(default_factory=list)
+    stopped_by: MonitorEvent | None = None
+    mean: np.ndarray | None = None  # final posterior mean over the candidates
+    std: np.ndarray | None = None
+
+    @property
+    def dose_e(self) -> float:
+        return self.survey.dose_e + sum(s.record.dose_e for s in self.steps)
+
+    @property
+    def model_latency_s(self) -> list[float]:
+        return [s.model_s for s in self.steps if s.phase == "active" and not s.reused]
+
+
+def make_model(method: Method, seed: int) -> Surrogate | None:
+    if method == "dkl":
+        from autoscope.tools.ml.dkl import DKL
+
+        return DKL(seed=seed)
+    if method == "gp":
+        from autoscope.tools.ml.gp import ExactGP
+
+        return ExactGP(ard=False, seed=seed)
+    return None
+
+
+def raster_order(grid: CandidateGrid, budget: int) -> list[int]:
+    """Serpentine over a sub-sampled grid whose step makes one pass fit the budget, then the gaps."""
+    n_rows, n_cols = len(np.unique(grid.rows)), len(np.unique(grid.cols))
+    index = np.arange(n_rows * n_cols).reshape(n_rows, n_cols)
+    step = max(1, math.ceil(math.sqrt(n_rows * n_cols / max(budget, 1))))
+    order: list[int] = []
+    for r0 in range(step):  # each pass fills the offsets the previous ones skipped
+        for c0 in range(step):
+            for i, r in enumerate(range(r0, n_rows, step)):
+                cols = list(range(c0, n_cols, step))
+                order.extend(int(index[r, c]) for c in (cols if i % 2 == 0 else cols[::-1]))
+    return order
+
+
+class Campaign:
+    """One campaign on one microscope into one run store (see the module doc)."""
+
+    def __init__(self, microscope: Microscope, store: RunStore, config: CampaignConfig) -> None:
+        self.microscope = microscope
+        self.store = store
+        self.config = config
+        self.acq = Acquirer(microscope, store)
+        self.rng = np.random.default_rng(config.seed)
+
+    # ---------------------------------------------------------------- set-up
+    def _survey(self) -> ImageRecord:
+        plan = self.config.survey.model_copy(update={"spectra": 0})
+        return run_survey(self.microscope, self.store, plan).image
+
+    def _features(self, survey: ImageRecord, grid: CandidateGrid) -> tuple[np.ndarray, PatchFeaturizer]:
+        spec = self.config.patch
+        if self.config.method == "gp":  # the baseline the field uses: a GP on raw patches
+            spec = spec.model_copy(update={"pca_components": None})
+        featurizer = PatchFeaturizer(spec)
+        patches = extract_patches(survey.data, grid.rows, grid.cols, spec.window_px)
+        return featurizer.fit_transform(patches), featurizer
+
+    def _baseline_order(self, grid: CandidateGrid) -> list[int]:
+        m = len(grid.rows)
+        if self.config.method == "random":
+            return [int(i) for i in self.rng.permutation(m)]
+        return raster_order(grid, self.config.budget)
+
+    # ---------------------------------------------------------------- the loop
+    def run(
+        self,
+        *,
+        on_step: Callable[[StepInfo], None] | None = None,
+        on_event: Callable[[MonitorEvent], None] | None = None,
+    ) -> CampaignResult:
+        cfg = self.config
+        survey = self._survey()
+        margin = cfg.patch.window_px // 2
+        base_grid = candidate_grid(survey, cfg.stride_px, margin)
+        grid = base_grid
+        m = len(grid.rows)
+        if m < cfg.budget:
+            log.warning("only %d candidates for a budget of %d; the campaign ends early", m, cfg.budget)
+        X, featurizer = (None, None) if cfg.method in ("random", "raster") else self._features(survey, grid)
+        model = make_model(cfg.method, cfg.seed)
+        seeds = [int(i) for i in self.rng.choice(m, size=min(cfg.seed_points, m), replace=False)]
+        order = self._baseline_order(grid) if model is None else []
+
+        done = {e["step_id"]: e for e in self.store.events("acquisition") if e["step_id"].startswith("al-")}
+        self.store.append_event(
+            "campaign_started", config=cfg.model_dump(mode="json"), candidates=m, resumed=bool(done)
+        )
+        result = CampaignResult(survey=survey, grid=grid)
+        measured = np.zeros(m, dtype=bool)
+        drift = DriftMonitor(cfg.drift_threshold_nm or survey.pixel_size_nm)
+        ood = OODMonitor().fit(X) if X is not None else None
+        stuck = StuckMonitor(window=cfg.stuck_window)
+        reference = survey
+        report: FitReport | None = None
+        queue: list[int] = []
+        budget = min(cfg.budget, m)
+
+        def emit(event: MonitorEvent | None) -> bool:
+            if event is None:
+                return False
+            result.events.append(event)
+            payload = event.model_dump(mode="json")
+            self.store.append_event("monitor", monitor=payload.pop("kind"), **payload)
+            log.warning("monitor (%s) at step %d: %s", event.kind, event.step, event.message)
+            if on_event:
+                on_event(event)
+            if event.kind in cfg.stop_on:
+                result.stopped_by = event
+                self.store.append_event("campaign_stopped", reason=event.kind, step=event.step)
+                return True
+            return False
+
+        self.microscope.unblank_beam()
+        try:
+            for k in range(budget):
+                if cfg.drift_check_every and k and k % cfg.drift_check_every == 0:
+                    grid, reference, stop = self._drift_check(
+                        k, reference, base_grid, featurizer, drift, ood, emit
+                    )
+                    result.grid = grid
+                    if stop:
+                        break
+                step_id = f"al-{k:04d}"
+                t0 = time.perf_counter()
+                mean_std = None
+                if step_id in done:
+                    cand, phase = int(done[step_id]["candidate"]), done[step_id]["phase"]
+                elif model is None:
+                    cand, phase = next(i for i in order if not measured[i]), "baseline"
+                elif k < len(seeds) and not measured[seeds[k]]:
+                    cand, phase = seeds[k], "seed"
+                else:
+                    if not queue:
+                        report = model.fit(X[measured_idx(result)], np.asarray(result.y))
+                        choice = choose_detailed(
+                            model,
+                            X,
+                            grid.xy_nm,
+                            measured,
+                            cfg.acquisition,
+                            rng=self.rng,
+                            best_y=float(np.max(result.y)),
+                        )
+                        queue = list(choice.indices)
+                        mean_std = float(np.mean(np.sqrt(np.maximum(choice.var, 0.0))))
+                    cand, phase = queue.pop(0), "active"
+                model_s = time.perf_counter() - t0
+                x_nm, y_nm = grid.xy_nm[cand]
+                record = self.acq.spectrum(
+                    step_id,
+                    x_nm=float(x_nm),
+                    y_nm=float(y_nm),
+                    dwell_s=cfg.spectrum_dwell_s,
+                    energy_min_eV=cfg.energy_min_eV,
+                    energy_max_eV=cfg.energy_max_eV,
+                    candidate=cand,
+                    phase=phase,
+                    method=cfg.method,
+                )
+                y = float(cfg.scalarizer(record))
+                measured[cand] = True
+                result.measured.append(cand)
+                result.y.append(y)
+                info = StepInfo(k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std)
+                result.steps.append(info)
+                if on_step:
+                    on_step(info)
+                y_sd = float(cfg.scalarizer.uncertainty(record))
+                if phase == "active" and emit(stuck.update(k, y, report, y_sd=y_sd)):
+                    break
+        finally:
+            self.microscope.blank_beam()
+
+        if model is not None and len(result.y) >= 2:
+            model.fit(X[measured_idx(result)], np.asarray(result.y))
+            mean, var = model.predict(X)
+            result.mean, result.std = mean, np.sqrt(np.maximum(var, 0.0))
+        self.store.append_event(
+            "campaign_complete",
+            measurements=len(result.measured),
+            distinct=len(set(result.measured)),
+            stopped_by=result.stopped_by.kind if result.stopped_by else None,
+            best_y=max(result.y) if result.y else None,
+        )
+        return result
+
+    def _drift_check(self, k, reference, base_grid, featurizer, drift, ood, emit):
+        """Repeat the survey, re-register it, re-aim the candidates; check the new patches are familiar.
+
+        Returns the re-aimed grid, the reference for the next check (the repeat, once it
+        has been registered reliably) and whether a monitor stopped the campaign.
+        """
+        cfg = self.config
+        j = k // cfg.drift_check_every
+        repeat = self.acq.image(
+            f"drift-{j:03d}",
+            fov_nm=reference.fov_nm,
+            pixels=reference.pixels,
+            dwell_s=reference.dwell_s,
+            step=k,
+        )
+        event = drift.check(k, reference, repeat)
+        stop = emit(event)
+        if event is not None and event.details.get("reliable"):
+            reference = repeat
+        grid = base_grid.shifted(*drift.total_shift_nm)
+        if featurizer is not None and ood is not None:
+            inside = in_field(repeat, grid.xy_nm)
+            feats = featurizer.transform(patches_at_nm(repeat, grid.xy_nm[inside], cfg.patch.window_px))
+            stop = emit(ood.check(k, feats)) or stop
+        return grid, reference, stop
+
+
+def measured_idx(result: CampaignResult) -> np.ndarray:
+    return np.asarray(result.measured, dtype=int)
+
+
+def run_campaign(
+    microscope: Microscope,
+    store: RunStore,
+    config: CampaignConfig,
+    *,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_event: Callable[[MonitorEvent], None] | None = None,
+) -> CampaignResult:
+    """Run (or resume) ``config`` on ``microscope`` into ``store``."""
+    return Campaign(microscope, store, config).run(on_step=on_step, on_event=on_event)
+
+
+__all__ = [
+    "IMAGE_STEP",
+    "METHODS",
+    "Campaign",
+    "CampaignConfig",
+    "CampaignResult",
+    "StepInfo",
+    "default_campaign_path",
+    "load_campaign",
+    "raster_order",
+    "run_campaign",
+]

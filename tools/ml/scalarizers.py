@@ -1,0 +1,319 @@
+"""Scalarizers: one number per measured spectrum, the target the surrogate model learns.
+
+Each scalarizer is a small, typed, serialisable pydantic model with a ``kind`` tag, so an
+agent can choose and parameterise one as data (``parse_scalarizer(dict)``) and a plan can
+store it. Calling one on a ``SpectrumRecord`` returns a float; energy windows outside the
+record's axis raise ``ValueError`` naming the field.
+
+Conventions: energies in eV (energy loss); ``normalize="dose"`` divides counts by the
+electrons delivered (``record.dose_e``), so a change of dwell or current does not pass for
+signal; smoothing is Gaussian with standard deviation ``smooth_eV``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from scipy.ndimage import gaussian_filter1d
+
+from autoscope.instruments.records import SpectrumRecord
+
+log = logging.getLogger(__name__)
+
+#: bounds every energy field must respect (the request range of ``SpectrumRequest``)
+_E_MIN, _E_MAX = -50.0, 5000.0
+EnergyEV = Annotated[float, Field(ge=_E_MIN, le=_E_MAX, allow_inf_nan=False)]
+
+
+def _window(record: SpectrumRecord, lo: float, hi: float, field: str) -> np.ndarray:
+    """Indices of channels in [lo, hi]; ValueError naming ``field`` when the window leaves the axis."""
+    e = record.energy_eV
+    half = record.dispersion_eV / 2
+    if lo < e[0] - half or hi > e[-1] + half:
+        raise ValueError(
+            f"{field}: window {lo:g}–{hi:g} eV lies outside the spectrum's axis {e[0]:g}–{e[-1]:g} eV"
+        )
+    idx = np.flatnonzero((e >= lo) & (e <= hi))
+    if idx.size < 2:
+        raise ValueError(f"{field}: window {lo:g}–{hi:g} eV holds fewer than 2 channels")
+    return idx
+
+
+def _smooth(counts: np.ndarray, smooth_eV: float, dispersion_eV: float) -> np.ndarray:
+    sigma = smooth_eV / dispersion_eV
+    return gaussian_filter1d(counts, sigma, mode="nearest") if sigma > 0.3 else counts
+
+
+def _scaled_counts(record: SpectrumRecord, normalize: str) -> np.ndarray:
+    c = np.asarray(record.counts, dtype=np.float64)
+    if normalize == "dose":
+        return c / record.dose_e
+    if normalize == "total":
+        return c / max(float(c.sum()), 1e-300)
+    return c
+
+
+def power_law_background(energy_eV: np.ndarray, counts: np.ndarray, pre: np.ndarray) -> np.ndarray:
+    """A·E^-r fitted to ``counts[pre]`` (log-log least squares weighted by counts), on the whole axis.
+
+    Channels with non-positive counts are skipped; ValueError when fewer than 3 remain or E ≤ 0.
+    """
+    e, c = energy_eV[pre], counts[pre]
+    ok = (c > 0) & (e > 0)
+    if ok.sum() < 3:
+        raise ValueError("power-law background: fewer than 3 positive channels in the pre-edge window")
+    slope, intercept = np.polyfit(np.log(e[ok]), np.log(c[ok]), 1, w=np.sqrt(c[ok]))
+    out = np.zeros_like(energy_eV, dtype=np.float64)
+    pos = energy_eV > 0
+    out[pos] = np.exp(intercept) * energy_eV[pos] ** slope
+    return out
+
+
+def _linear_background(e: np.ndarray, y: np.ndarray, idx: np.ndarray, edge_channels: int = 3) -> np.ndarray:
+    """Straight line through the means of the first and last ``edge_channels`` of the window."""
+    k = max(1, min(edge_channels, idx.size // 3))
+    a, b = idx[:k], idx[-k:]
+    e0, e1 = e[a].mean(), e[b].mean()
+    y0, y1 = y[a].mean(), y[b].mean()
+    return y0 + (y1 - y0) * (e[idx] - e0) / (e1 - e0)
+
+
+class _Scalarizer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __call__(self, record: SpectrumRecord) -> float:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def uncertainty(self, record: SpectrumRecord, n_draws: int = 32, seed: int = 0) -> float:
+        """Shot-noise standard deviation of the value (parametric bootstrap).
+
+        The value is recomputed on ``n_draws`` Poisson redraws of the measured counts
+        (read noise neglected); deterministic for a given ``seed``. NaN draws are ignored.
+        """
+        rng = np.random.default_rng(seed)
+        lam = np.clip(np.asarray(record.counts, np.float64), 0.0, None)
+        vals = np.array(
+            [
+                self(dataclasses.replace(record, counts=rng.poisson(lam).astype(np.float64)))
+                for _ in range(n_draws)
+            ]
+        )
+        vals = vals[np.isfinite(vals)]
+        return float(vals.std(ddof=1)) if vals.size > 1 else math.nan
+
+    def describe(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+def _ordered(lo: float, hi: float, lo_name: str, hi_name: str) -> None:
+    if not lo < hi:
+        raise ValueError(f"{hi_name} ({hi:g} eV) must be greater than {lo_name} ({lo:g} eV)")
+
+
+class BandIntensity(_Scalarizer):
+    """Signal in an energy band: integral (counts·eV) or maximum, optionally background-subtracted.
+
+    Backgrounds: ``linear`` — a straight line through the first and last 3 channels of the
+    band; ``power_law`` — A·E^-r fitted on the pre-window [pre_lo_eV, pre_hi_eV] (default:
+    the half-band-wide window just below ``lo_eV``). ``max`` takes the maximum of the
+    spectrum smoothed with ``smooth_eV``.
+    """
+
+    kind: Literal["band_intensity"] = "band_intensity"
+    lo_eV: EnergyEV
+    hi_eV: EnergyEV
+    reduce: Literal["max", "integral"] = "integral"
+    background: Literal["none", "linear", "power_law"] = "none"
+    normalize: Literal["none", "total", "dose"] = "dose"
+    pre_lo_eV: EnergyEV | None = None
+    pre_hi_eV: EnergyEV | None = None
+    smooth_eV: float = Field(0.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> BandIntensity:
+        _ordered(self.lo_eV, self.hi_eV, "lo_eV", "hi_eV")
+        if self.background == "power_law":
+            lo, hi = self.pre_window()
+            _ordered(lo, hi, "pre_lo_eV", "pre_hi_eV")
+            if lo <= 0:
+                raise ValueError(f"pre_lo_eV: a power-law background needs positive energies, got {lo:g} eV")
+            if hi > self.lo_eV:
+                raise ValueError("pre_hi_eV must not exceed lo_eV: the pre-window lies below the band")
+        return self
+
+    def pre_window(self) -> tuple[float, float]:
+        width = 0.5 * (self.hi_eV - self.lo_eV)
+        lo = self.pre_lo_eV if self.pre_lo_eV is not None else self.lo_eV - width
+        hi = self.pre_hi_eV if self.pre_hi_eV is not None else self.lo_eV
+        return lo, hi
+
+    def __call__(self, record: SpectrumRecord) -> float:
+        idx = _window(record, self.lo_eV, self.hi_eV, "lo_eV/hi_eV")
+        e = record.energy_eV
+        y = _scaled_counts(record, self.normalize)
+        if self.background == "power_law":
+            pre = _window(record, *self.pre_window(), "pre_lo_eV/pre_hi_eV")
+            sig = y[idx] - power_law_background(e, y, pre)[idx]
+        elif self.background == "linear":
+            sig = y[idx] - _linear_background(e, y, idx)
+        else:
+            sig = y[idx]
+        if self.reduce == "integral":
+            return float(sig.sum() * record.dispersion_eV)
+        return float(_smooth(sig, self.smooth_eV, record.dispersion_eV).max())
+
+    def describe(self) -> str:
+        bg = "" if self.background == "none" else f", {self.background} background"
+        return f"{self.reduce} of {self.lo_eV:g}–{self.hi_eV:g} eV{bg}, normalised by {self.normalize}"
+
+
+class PeakPosition(_Scalarizer):
+    """Energy (eV) of the strongest peak in [lo_eV, hi_eV]: smoothed, straight-line baseline
+    through the window's ends removed, parabolic refinement of the maximum (sub-channel)."""
+
+    kind: Literal["peak_position"] = "peak_position"
+    lo_eV: EnergyEV
+    hi_eV: EnergyEV
+    smooth_eV: float = Field(0.05, ge=0, le=100)
+    baseline: Literal["none", "linear"] = "linear"
+
+    @model_validator(mode="after")
+    def _check(self) -> PeakPosition:
+        _ordered(self.lo_eV, self.hi_eV, "lo_eV", "hi_eV")
+        return self
+
+    def __call__(self, record: SpectrumRecord) -> float:
+        idx = _window(record, self.lo_eV, self.hi_eV, "lo_eV/hi_eV")
+        if idx.size < 3:
+            raise ValueError("lo_eV/hi_eV: a peak window needs at least 3 channels")
+        e = record.energy_eV
+        y = _smooth(np.asarray(record.counts, np.float64), self.smooth_eV, record.dispersion_eV)
+        s = y[idx] - (_linear_background(e, y, idx) if self.baseline == "linear" else 0.0)
+        i = int(np.argmax(s))
+        if 0 < i < s.size - 1:
+            a, b, c = s[i - 1], s[i], s[i + 1]
+            den = a - 2 * b + c
+            frac = 0.5 * (a - c) / den if den < 0 else 0.0
+            return float(e[idx[i]] + np.clip(frac, -0.5, 0.5) * record.dispersion_eV)
+        return float(e[idx[i]])
+
+    def describe(self) -> str:
+        return f"energy of the strongest peak in {self.lo_eV:g}–{self.hi_eV:g} eV"
+
+
+class PeakRatio(_Scalarizer):
+    """Integral of band A divided by integral of band B (dimensionless; NaN when B ≤ 0)."""
+
+    kind: Literal["peak_ratio"] = "peak_ratio"
+    a_lo_eV: EnergyEV
+    a_hi_eV: EnergyEV
+    b_lo_eV: EnergyEV
+    b_hi_eV: EnergyEV
+    background: Literal["none", "linear"] = "none"
+
+    @model_validator(mode="after")
+    def _check(self) -> PeakRatio:
+        _ordered(self.a_lo_eV, self.a_hi_eV, "a_lo_eV", "a_hi_eV")
+        _ordered(self.b_lo_eV, self.b_hi_eV, "b_lo_eV", "b_hi_eV")
+        return self
+
+    def _band(self, record: SpectrumRecord, lo: float, hi: float, name: str) -> float:
+        idx = _window(record, lo, hi, name)
+        y = np.asarray(record.counts, np.float64)
+        sig = y[idx] - (_linear_background(record.energy_eV, y, idx) if self.background == "linear" else 0.0)
+        return float(sig.sum())
+
+    def __call__(self, record: SpectrumRecord) -> float:
+        a = self._band(record, self.a_lo_eV, self.a_hi_eV, "a_lo_eV/a_hi_eV")
+        b = self._band(record, self.b_lo_eV, self.b_hi_eV, "b_lo_eV/b_hi_eV")
+        if b <= 0:
+            log.warning(
+                "peak ratio: band B integral %.3g ≤ 0 at (%.1f, %.1f) nm", b, record.x_nm, record.y_nm
+            )
+            return math.nan
+        return a / b
+
+    def describe(self) -> str:
+        return (
+            f"ratio of {self.a_lo_eV:g}–{self.a_hi_eV:g} eV to {self.b_lo_eV:g}–{self.b_hi_eV:g} eV integrals"
+        )
+
+
+class EdgeOnset(_Scalarizer):
+    """Onset energy (eV) of a core-loss edge, or its shift from ``reference_eV``.
+
+    Rule: subtract A·E^-r fitted on [pre_lo_eV, pre_hi_eV]; smooth with ``smooth_eV`` (so a
+    noise excursion before the edge stays well below the level); take the maximum M of the
+    smoothed signal in [lo_eV, hi_eV] (choose ``hi_eV`` just past the edge's first peak, so
+    M is the near-edge maximum); the onset is the first energy in the window where the
+    signal reaches ``fraction``·M, interpolated linearly between channels.
+    """
+
+    kind: Literal["edge_onset"] = "edge_onset"
+    lo_eV: EnergyEV
+    hi_eV: EnergyEV
+    pre_lo_eV: EnergyEV
+    pre_hi_eV: EnergyEV
+    fraction: float = Field(0.5, gt=0, lt=1)
+    smooth_eV: float = Field(0.3, ge=0, le=100)
+    reference_eV: EnergyEV | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> EdgeOnset:
+        _ordered(self.lo_eV, self.hi_eV, "lo_eV", "hi_eV")
+        _ordered(self.pre_lo_eV, self.pre_hi_eV, "pre_lo_eV", "pre_hi_eV")
+        if self.pre_lo_eV <= 0:
+            raise ValueError(
+                f"pre_lo_eV: a power-law background needs positive energies, got {self.pre_lo_eV:g}"
+            )
+        if self.pre_hi_eV > self.hi_eV:
+            raise ValueError("pre_hi_eV must lie below hi_eV: the pre-edge window precedes the edge")
+        return self
+
+    def onset_eV(self, record: SpectrumRecord) -> float:
+        idx = _window(record, self.lo_eV, self.hi_eV, "lo_eV/hi_eV")
+        pre = _window(record, self.pre_lo_eV, self.pre_hi_eV, "pre_lo_eV/pre_hi_eV")
+        e = record.energy_eV
+        c = np.asarray(record.counts, np.float64)
+        sig = _smooth(c - power_law_background(e, c, pre), self.smooth_eV, record.dispersion_eV)
+        s, es = sig[idx], e[idx]
+        level = self.fraction * s.max()
+        i = int(np.argmax(s >= level))  # first channel at or above the level
+        if i == 0:
+            return float(es[0])
+        return float(es[i - 1] + (level - s[i - 1]) * (es[i] - es[i - 1]) / (s[i] - s[i - 1]))
+
+    def __call__(self, record: SpectrumRecord) -> float:
+        onset = self.onset_eV(record)
+        return onset - self.reference_eV if self.reference_eV is not None else onset
+
+    def describe(self) -> str:
+        ref = f" minus {self.reference_eV:g} eV" if self.reference_eV is not None else ""
+        return (
+            f"onset ({self.fraction:g} of max) of the edge in {self.lo_eV:g}–{self.hi_eV:g} eV{ref}, "
+            f"power-law background from {self.pre_lo_eV:g}–{self.pre_hi_eV:g} eV"
+        )
+
+
+Scalarizer = Annotated[
+    Union[BandIntensity, PeakPosition, PeakRatio, EdgeOnset],  # noqa: UP007 - a discriminated union
+    Field(discriminator="kind"),
+]
+_ADAPTER: TypeAdapter[Scalarizer] = TypeAdapter(Scalarizer)
+
+
+def parse_scalarizer(data: dict[str, Any] | str) -> Scalarizer:
+    """A scalarizer from its dict (or JSON text); pydantic's ValidationError (a ValueError) names the field."""
+    if isinstance(data, str):
+        return _ADAPTER.validate_json(data)
+    return _ADAPTER.validate_python(data)
+
+
+def scalarizer_schema() -> dict[str, Any]:
+    """JSON schema of the union (for tool descriptions)."""
+    return _ADAPTER.json_schema()
