@@ -24,7 +24,7 @@ test: lint
 	$(BIN)/pytest -q
 
 demo: setup
-	$(BIN)/autoscope survey --scenario plasmonic --out $(RUNS)/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/autoscope campaign --scenario plasmonic --out $(RUNS)/demo-$$(date +%Y%m%d-%H%M%S)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

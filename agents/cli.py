@@ -76,6 +76,26 @@ def _limits(path: Path | None) -> SafetyLimits:
     return SafetyLimits.from_file(path or load_settings().limits_file)
 
 
+def _open_for_run(store, limits, scenario, seed, sim_config, replay, remote, token):
+    """The backend behind the safety limits, its safety events and earlier acquisitions tied to ``store``."""
+    from autoscope.instruments.factory import open_microscope
+
+    settings = load_settings()
+    return open_microscope(
+        limits,
+        on_event=lambda e: store.append_event(**e),
+        history=store.events("acquisition"),
+        scenario=scenario,
+        seed=seed,
+        sim_config=sim_config,
+        replay=replay,
+        remote=remote,
+        token=token or settings.token,
+        timeout_s=settings.remote_timeout_s,
+        retries=settings.remote_retries,
+    )
+
+
 @app.command()
 def scenarios() -> None:
     """List the simulated-microscope scenarios: name, then a one-line description."""
@@ -115,12 +135,11 @@ def survey(
     spectrum_dwell_s: Annotated[float | None, typer.Option(help="Spectrum exposure (s).")] = None,
 ) -> None:
     """Acquire an overview image and a few spectra; write HDF5, the event log and a PNG."""
-    from autoscope.instruments.factory import DEFAULT_SCENARIO, open_microscope, survey_defaults
+    from autoscope.instruments.factory import DEFAULT_SCENARIO, survey_defaults
     from autoscope.tools.figures import survey_figure
     from autoscope.tools.store import RunStore
     from autoscope.tools.survey import SurveyPlan, run_survey
 
-    settings = load_settings()
     with _cli_errors():
         fields = read_mapping(config, "survey") if config else {}
         scenario = scenario or fields.pop("scenario", None)
@@ -138,19 +157,7 @@ def survey(
         }
         store = RunStore.open_or_create(out, meta={"command": "survey", "scenario": scenario, "seed": seed})
         with store:
-            scope = open_microscope(
-                safety,
-                on_event=lambda e: store.append_event(**e),
-                history=store.events("acquisition"),
-                scenario=scenario,
-                seed=seed,
-                sim_config=sim_config,
-                replay=replay,
-                remote=remote,
-                token=token or settings.token,
-                timeout_s=settings.remote_timeout_s,
-                retries=settings.remote_retries,
-            )
+            scope = _open_for_run(store, safety, scenario, seed, sim_config, replay, remote, token)
             defaults = survey_defaults(
                 scope.capabilities(), None if (remote or replay) else (scenario or DEFAULT_SCENARIO)
             )
@@ -200,12 +207,11 @@ def campaign(
     sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
 ) -> None:
     """Run (or resume) an active-learning campaign without an LLM; write the store and campaign.png."""
-    from autoscope.instruments.factory import DEFAULT_SCENARIO, open_microscope
+    from autoscope.instruments.factory import DEFAULT_SCENARIO
     from autoscope.tools.campaign import default_campaign_path, load_campaign, run_campaign
     from autoscope.tools.figures import campaign_figure
     from autoscope.tools.store import RunStore
 
-    settings = load_settings()
     with _cli_errors():
         name = scenario or (None if (remote or replay) else DEFAULT_SCENARIO)
         if campaign_file is None and name is None:
@@ -215,19 +221,7 @@ def campaign(
         cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
         store = RunStore.open_or_create(out, meta={"command": "campaign", "scenario": name, "seed": cfg.seed})
         with store:
-            scope = open_microscope(
-                _limits(limits),
-                on_event=lambda e: store.append_event(**e),
-                history=store.events("acquisition"),
-                scenario=name,
-                seed=cfg.seed,
-                sim_config=sim_config,
-                replay=replay,
-                remote=remote,
-                token=token or settings.token,
-                timeout_s=settings.remote_timeout_s,
-                retries=settings.remote_retries,
-            )
+            scope = _open_for_run(store, _limits(limits), name, cfg.seed, sim_config, replay, remote, token)
             with _progress("campaign", cfg.budget) as advance:
                 result = run_campaign(scope, store, cfg, on_step=lambda _i: advance(1))
             png = campaign_figure(
