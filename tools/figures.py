@@ -109,3 +109,23 @@ def campaign_figure(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def image_figure(
+    data: np.ndarray, fov_nm: float, center_nm: tuple[float, float], path: Path, *, title: str = ""
+) -> Path:
+    """One image (rows = y) with a nanometre scale on both axes."""
+    h = fov_nm / 2
+    cx, cy = center_nm
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    im = ax.imshow(data, cmap="gray", extent=(cx - h, cx + h, cy + h, cy - h))
+    fig.colorbar(im, ax=ax, shrink=0.85)
+    ax.set_xlabel("x (nm)")
+    ax.set_ylabel("y (nm)")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
