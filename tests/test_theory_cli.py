@@ -81,3 +81,19 @@ def test_rank_cost_scales_with_the_number_of_candidates(survey_run: Path):
     few = rank_cost(image, RankRequest(x_nm=0, y_nm=0, wrong_sites=1))
     many = rank_cost(image, RankRequest(x_nm=0, y_nm=0, wrong_sites=8))
     assert 0 < few.seconds < many.seconds
+
+
+def test_energy_tool_goes_through_the_job_cache(tmp_path: Path):
+    from autoscope.theory.jobs import JobRunner
+    from autoscope.tools.theory import candidate_energy, energy_cost, simulate_candidate
+
+    base = st.mos2_monolayer((3, 2))
+    v_s = st.candidate_models(base, st.DefectSpec(kind="vacancy", host="S"), [st.site_near(base, 0.3, 0.3, "S")])[0]
+    cost = energy_cost(v_s)
+    assert cost.seconds > 0 and cost.basis
+    with JobRunner(tmp_path / "cache") as runner:
+        first = candidate_energy(runner, v_s)
+        again = candidate_energy(runner, v_s)
+    assert not first.cached and again.cached and again.energy_eV == first.energy_eV
+    img = simulate_candidate(v_s, fov_nm=1.0, pixels=48)
+    assert img.shape == (48, 48) and img.max() > img.min()

@@ -1,6 +1,6 @@
-"""Theory in the loop, as typed tools: build a candidate, simulate its image, rank
+"""Theory in the loop, as typed tools: build candidates, simulate an image, rank
 candidates against a measurement, compute an energy — each with a cost estimate so
-the planner can budget them.
+the planner can budget them (``simulate_cost``, ``rank_cost``, ``energy_cost``).
 
 The tools take pydantic requests and return pydantic results (the analysis node cites
 ``RankResult.statement``); arrays stay out of the results (images go to PNG or the
@@ -22,6 +22,7 @@ from autoscope.instruments.records import ImageRecord
 from autoscope.theory import structures as st
 from autoscope.theory.compare import RankResult, rank_candidates
 from autoscope.theory.haadf import simulate_haadf
+from autoscope.theory.jobs import CostEstimate, Job, JobKind, JobResult, JobRunner, estimate
 from autoscope.theory.probe import ProbeSpec
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,6 @@ log = logging.getLogger(__name__)
 #: measured on 2 CPU cores: fast HAADF model, per atom and per pixel (14 ms for 504 atoms at 128²)
 _SIM_S_PER_ATOM_PIXEL = 14e-3 / (504 * 128 * 128)
 _SIM_FIXED_S = 2e-3
-
-
-class CostEstimate(BaseModel):
-    """What a tool call will cost, before it runs (the planner budgets with this)."""
-
-    seconds: float
-    memory_MB: float
-    basis: str
 
 
 def simulate_cost(n_atoms: int, pixels: int, backend: Literal["fast", "abtem"] = "fast") -> CostEstimate:
@@ -169,3 +162,34 @@ def load_structure(path) -> Structure:
         return Structure.from_file(str(p))
     except Exception as exc:  # pymatgen raises many kinds on malformed files
         raise InvalidRequest("structure", f"{p} is not a readable structure: {exc}") from None
+
+
+def simulate_candidate(
+    candidate: st.CandidateModel, *, fov_nm: float, pixels: int, probe: ProbeSpec | None = None
+) -> np.ndarray:
+    """The fast HAADF image of a candidate, centred on its defect (or its cell centre)."""
+    structure = candidate.to_structure()
+    if candidate.x_nm is not None:
+        centre = (candidate.x_nm, candidate.y_nm)
+    else:
+        xy = st.sample_xy_nm(structure)
+        centre = tuple(float(v) for v in (xy.min(axis=0) + xy.max(axis=0)) / 2)
+    return simulate_haadf(
+        structure, fov_nm=fov_nm, pixels=pixels, center_nm=centre, probe=probe or ProbeSpec()
+    )
+
+
+def energy_job(candidate: st.CandidateModel, kind: JobKind = "chgnet_energy", **params) -> Job:
+    return Job(kind=kind, structure=candidate.structure, params=params)
+
+
+def energy_cost(candidate: st.CandidateModel, kind: JobKind = "chgnet_energy", **params) -> CostEstimate:
+    """Cost of ``candidate_energy`` before it runs (CHGNet seconds, GPAW minutes to hours)."""
+    return estimate(energy_job(candidate, kind, **params))
+
+
+def candidate_energy(
+    runner: JobRunner, candidate: st.CandidateModel, kind: JobKind = "chgnet_energy", **params
+) -> JobResult:
+    """The candidate's energy through the job interface (cached by structure; local or Dask)."""
+    return runner.run(energy_job(candidate, kind, **params))
