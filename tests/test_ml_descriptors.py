@@ -15,6 +15,7 @@ from autoscope.tools.ml.descriptors import (
     extract_patches,
     in_field,
     patches_at_nm,
+    ring_harmonics,
 )
 
 STILL = SimConfig(drift_velocity_nm_per_s=(0.0, 0.0), drift_random_walk_nm_per_sqrt_s=0.0, line_jitter_px=0.0)
@@ -131,3 +132,36 @@ def test_patch_spec_validates():
     with pytest.raises(ValidationError, match="normalize"):
         PatchSpec(normalize="local")
     assert PatchSpec.model_validate(PatchSpec(pca_components=None).model_dump()).pca_components is None
+
+
+def _rod_patch(angle: float, offset_px: tuple[float, float], window: int = 17) -> np.ndarray:
+    """A window×window patch of a bright rod (half-length 12 px, radius 3 px) rotated by ``angle``,
+    sampled at the patch pixels with the patch centre at ``offset_px`` (along, across) in the rod frame."""
+    c = window // 2
+    r, q = np.mgrid[0:window, 0:window].astype(float)
+    dy, dx = r - c, q - c
+    u = offset_px[0] + dx * np.cos(angle) + dy * np.sin(angle)  # along the rod
+    v = offset_px[1] - dx * np.sin(angle) + dy * np.cos(angle)
+    d = np.hypot(np.clip(np.abs(u) - 12.0, 0.0, None), v) - 3.0  # capsule signed distance
+    return (1.0 / (1.0 + np.exp(d / 0.7))).reshape(1, -1)
+
+
+def test_ring_harmonics_ignore_orientation_but_see_shape():
+    tip = (15.0, 0.0)  # just beyond the rod's end
+    a, b = ring_harmonics(_rod_patch(0.0, tip), 17), ring_harmonics(_rod_patch(0.65, tip), 17)
+    assert a.shape == (1, 1 + 8 * 7)
+    scale = np.linalg.norm(a)
+    assert np.linalg.norm(a - b) < 0.05 * scale  # rotated by 37°: nearly the same descriptor
+    assert np.linalg.norm(_rod_patch(0.0, tip) - _rod_patch(0.65, tip)) > 0.3 * np.linalg.norm(
+        _rod_patch(0.0, tip)
+    )  # while the pixels differ a lot
+    side = ring_harmonics(_rod_patch(0.0, (0.0, 6.0)), 17)  # beside the rod's middle
+    assert np.linalg.norm(a - side) > 0.3 * scale
+    # a 90° rotation permutes the ring samples exactly; the featurizer uses the same map
+    patch = np.random.default_rng(0).normal(size=(1, 17 * 17))
+    turned = np.rot90(patch.reshape(17, 17)).reshape(1, -1)
+    assert ring_harmonics(turned, 17) == pytest.approx(ring_harmonics(patch, 17), abs=1e-9)
+    spec = PatchSpec(window_px=17, descriptor="rings", pca_components=None)
+    fz = PatchFeaturizer(spec).fit(np.vstack([patch, turned, 2 * patch]))
+    assert fz.n_features == 57
+    assert fz.transform(turned) == pytest.approx(fz.transform(patch), abs=1e-9)

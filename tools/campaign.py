@@ -68,6 +68,12 @@ class CampaignConfig(BaseModel):
     patch: PatchSpec = PatchSpec()
     scalarizer: Scalarizer
     acquisition: AcquisitionSpec = AcquisitionSpec(kind="ei")
+    y_transform: Literal["none", "log"] = Field(
+        "none",
+        description="what the model learns: y itself, or log y (a positive, heavy-tailed signal such as "
+        "a plasmon band intensity: hot spots tens of times the background would otherwise dominate "
+        "the fit); measured values stay raw everywhere else",
+    )
     spectrum_dwell_s: float = Field(gt=0)
     energy_min_eV: float
     energy_max_eV: float
@@ -170,7 +176,7 @@ class Campaign:
     def _features(self, survey: ImageRecord, grid: CandidateGrid) -> tuple[np.ndarray, PatchFeaturizer]:
         spec = self.config.patch
         if self.config.method == "gp":  # the baseline the field uses: a GP on raw patches
-            spec = spec.model_copy(update={"pca_components": None})
+            spec = spec.model_copy(update={"pca_components": None, "descriptor": "pixels"})
         featurizer = PatchFeaturizer(spec)
         patches = extract_patches(survey.data, grid.rows, grid.cols, spec.window_px)
         return featurizer.fit_transform(patches), featurizer
@@ -251,7 +257,8 @@ class Campaign:
                     cand, phase = seeds[k], "seed"
                 else:
                     if not queue:
-                        report = model.fit(X[measured_idx(result)], np.asarray(result.y))
+                        y_model = model_targets(result.y, cfg.y_transform)
+                        report = model.fit(X[measured_idx(result)], y_model)
                         choice = choose_detailed(
                             model,
                             X,
@@ -259,7 +266,7 @@ class Campaign:
                             measured,
                             cfg.acquisition,
                             rng=self.rng,
-                            best_y=float(np.max(result.y)),
+                            best_y=float(np.max(y_model)),
                         )
                         queue = list(choice.indices)
                         mean_std = float(np.mean(np.sqrt(np.maximum(choice.var, 0.0))))
@@ -292,9 +299,13 @@ class Campaign:
             self.microscope.blank_beam()
 
         if model is not None and len(result.y) >= 2:
-            model.fit(X[measured_idx(result)], np.asarray(result.y))
+            model.fit(X[measured_idx(result)], model_targets(result.y, cfg.y_transform))
             mean, var = model.predict(X)
-            result.mean, result.std = mean, np.sqrt(np.maximum(var, 0.0))
+            std = np.sqrt(np.maximum(var, 0.0))
+            if cfg.y_transform == "log":  # back to y units: the median exp(μ), the delta-method spread
+                mean = np.exp(mean)
+                std = mean * std
+            result.mean, result.std = mean, std
         self.store.append_event(
             "campaign_complete",
             measurements=len(result.measured),
@@ -329,6 +340,15 @@ class Campaign:
             feats = featurizer.transform(patches_at_nm(repeat, grid.xy_nm[inside], cfg.patch.window_px))
             stop = emit(ood.check(k, feats)) or stop
         return grid, reference, stop
+
+
+def model_targets(y: list[float], transform: Literal["none", "log"]) -> np.ndarray:
+    """The targets the model is fitted to; ``log`` floors y at a tiny positive value first."""
+    arr = np.asarray(y, dtype=np.float64)
+    if transform == "log":
+        floor = 1e-6 * max(float(np.max(np.abs(arr))), 1e-300)
+        return np.log(np.maximum(arr, floor))
+    return arr
 
 
 def measured_idx(result: CampaignResult) -> np.ndarray:

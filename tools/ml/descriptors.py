@@ -2,8 +2,9 @@
 
 A campaign measures spectra only at candidate positions, a regular grid of pixels of
 the survey image (``candidate_grid``). Each candidate is described by the image patch
-around it (``extract_patches``), normalised and compressed by PCA (``PatchFeaturizer``).
-The surrogate model learns descriptor → scalarized spectrum.
+around it (``extract_patches``), normalised, optionally turned into rotation-invariant ring
+harmonics (``ring_harmonics``), and compressed by PCA (``PatchFeaturizer``). The surrogate
+model learns descriptor → scalarized spectrum.
 
 Coordinates: ``rows``/``cols`` index the survey image (row = y); ``xy_nm`` are
 sample-frame positions where the probe goes. Drift correction moves ``xy_nm`` only
@@ -156,7 +157,48 @@ class PatchSpec(BaseModel):
         description="global: z-score with the fit image's mean/std (keeps brightness); "
         "per_patch: each patch to zero mean, unit std (shape only)",
     )
-    pca_components: int | None = Field(32, ge=1, description="PCA dimensions; None keeps raw pixels")
+    descriptor: Literal["pixels", "rings"] = Field(
+        "pixels",
+        description="pixels: the normalised patch itself; rings: rotation-invariant angular-harmonic "
+        "magnitudes on rings around the patch centre (see ring_harmonics)",
+    )
+    pca_components: int | None = Field(32, ge=1, description="PCA dimensions; None keeps all features")
+
+
+RING_ANGLES = 24
+RING_HARMONICS = 6
+
+
+def ring_harmonics(
+    z: np.ndarray, window_px: int, n_angles: int = RING_ANGLES, harmonics: int = RING_HARMONICS
+) -> np.ndarray:
+    """Rotation-invariant descriptors of (m, window_px²) patches: (m, 1 + n_rings·(harmonics+1)).
+
+    The patch is sampled (bilinear) on rings of radius 1, 2, … px around its centre pixel
+    (index ``window_px // 2``), as far as the patch reaches, at ``n_angles`` angles; each
+    ring contributes the magnitudes of its angular Fourier harmonics 0…``harmonics``
+    (mean level, then one-, two-, …-fold angular structure), the centre its value. A
+    rotation of the sample about the centre only shifts the phases, so a rod tip or a
+    prism corner looks the same in any orientation — what sets a plasmon hot spot is the
+    local shape, not its angle in the image.
+    """
+    x = np.asarray(z, dtype=np.float64).reshape(-1, window_px, window_px)
+    c = window_px // 2
+    radii = np.arange(1, min(c, window_px - 1 - c) + 1, dtype=np.float64)
+    theta = 2 * np.pi * np.arange(n_angles) / n_angles
+    r = c + radii[:, None] * np.sin(theta)[None, :]  # (n_rings, n_angles), row coordinate
+    q = c + radii[:, None] * np.cos(theta)[None, :]
+    r0 = np.clip(np.floor(r).astype(np.int64), 0, window_px - 2)
+    q0 = np.clip(np.floor(q).astype(np.int64), 0, window_px - 2)
+    fr, fq = r - r0, q - q0
+    ring = (
+        x[:, r0, q0] * (1 - fr) * (1 - fq)
+        + x[:, r0 + 1, q0] * fr * (1 - fq)
+        + x[:, r0, q0 + 1] * (1 - fr) * fq
+        + x[:, r0 + 1, q0 + 1] * fr * fq
+    )  # (m, n_rings, n_angles)
+    mags = np.abs(np.fft.rfft(ring, axis=2))[:, :, : harmonics + 1] / n_angles
+    return np.concatenate([x[:, c, c][:, None], mags.reshape(x.shape[0], -1)], axis=1)
 
 
 class PatchFeaturizer:
@@ -191,11 +233,14 @@ class PatchFeaturizer:
         return x
 
     def _normalise(self, x: np.ndarray) -> np.ndarray:
+        """Normalised patches, as ring harmonics when the spec asks for them."""
         if self.spec.normalize == "per_patch":
             mu = x.mean(axis=1, keepdims=True)
             sd = x.std(axis=1, keepdims=True)
-            return (x - mu) / np.maximum(sd, _EPS)
-        return (x - self._mean_px) / self._std_px
+            z = (x - mu) / np.maximum(sd, _EPS)
+        else:
+            z = (x - self._mean_px) / self._std_px
+        return ring_harmonics(z, self.spec.window_px) if self.spec.descriptor == "rings" else z
 
     def fit(self, patches: np.ndarray) -> PatchFeaturizer:
         x = self._check(patches)
