@@ -26,6 +26,7 @@ from autoscope.tools.ml.kernels import (
     GPHead,
     KernelKind,
     Posterior,
+    PosteriorModel,
     Standardizer,
     as_matrix,
     fit_threads,
@@ -72,7 +73,7 @@ class FeatureExtractor(torch.nn.Module):
         return self.net(x)
 
 
-class DKL:
+class DKL(PosteriorModel):
     """Deep-kernel-learning surrogate (``Surrogate`` protocol).
 
     ``max_iter`` bounds a cold fit and ``warm_iter`` a warm refit (AdamW steps at
@@ -222,34 +223,9 @@ class DKL:
         with torch.no_grad():
             return self._net(Zs)
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and latent variance at X, in the units of y."""
-        F = self._latent(X)
-        assert self._post is not None
-        mean, var = self._post.mean_var(F)
-        return (
-            mean.double().cpu().numpy() * self._y_std + self._y_mean,
-            var.double().cpu().numpy() * self._y_std**2,
-        )
-
-    def sample(self, X: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-        """(n_samples, m) joint posterior samples of the latent function at X."""
-        F = self._latent(X)
-        assert self._post is not None
-        return self._post.sample(F, n_samples, rng).double().cpu().numpy() * self._y_std + self._y_mean
+    def _kernel_inputs(self, X: np.ndarray) -> torch.Tensor:
+        return self._latent(X)
 
     def embed(self, X: np.ndarray) -> np.ndarray:
         """(m, latent_dim) learned features the kernel sees."""
         return self._latent(X).double().cpu().numpy()
-
-    @property
-    def target_scale(self) -> float:
-        """Standard deviation of the training targets: one standardised unit, in y units."""
-        return self._y_std
-
-    @property
-    def noise_variance(self) -> float:
-        """Fitted observation-noise variance in the units of y²."""
-        if self._head is None:
-            raise RuntimeError("DKL: not fitted")
-        return float(self._head.noise.detach()) * self._y_std**2

@@ -21,6 +21,7 @@ from autoscope.tools.ml.kernels import (
     GPHead,
     KernelKind,
     Posterior,
+    PosteriorModel,
     Standardizer,
     as_matrix,
     fit_threads,
@@ -73,7 +74,7 @@ def lbfgs_minimise(params: list[torch.Tensor], closure_loss, max_iter: int, tol_
     return int(opt.state[opt._params[0]].get("n_iter", 0))
 
 
-class ExactGP:
+class ExactGP(PosteriorModel):
     """Exact GP surrogate (``Surrogate`` protocol) with a Gaussian likelihood.
 
     ``max_iter`` bounds a cold fit, ``warm_iter`` a warm refit (L-BFGS iterations; both
@@ -180,40 +181,11 @@ class ExactGP:
         )
 
     # -- prediction --------------------------------------------------------------------
-    def _features(self, X: np.ndarray) -> torch.Tensor:
+    def _kernel_inputs(self, X: np.ndarray) -> torch.Tensor:
         if self._post is None or self._xs is None:
             raise RuntimeError("ExactGP: call fit before predict/sample")
         return self._tensor(self._xs(as_matrix(X, self._xs.mean.shape[0])))
 
-    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and latent variance at X, in the units of y."""
-        Zs = self._features(X)
-        assert self._post is not None
-        mean, var = self._post.mean_var(Zs)
-        return (
-            mean.double().cpu().numpy() * self._y_std + self._y_mean,
-            var.double().cpu().numpy() * self._y_std**2,
-        )
-
-    def sample(self, X: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-        """(n_samples, m) joint posterior samples of the latent function at X."""
-        Zs = self._features(X)
-        assert self._post is not None
-        f = self._post.sample(Zs, n_samples, rng)
-        return f.double().cpu().numpy() * self._y_std + self._y_mean
-
     def embed(self, X: np.ndarray) -> np.ndarray:
         """The GP's kernel sees X itself (standardised inside)."""
         return as_matrix(X).copy()
-
-    @property
-    def target_scale(self) -> float:
-        """Standard deviation of the training targets: one standardised unit, in y units."""
-        return self._y_std
-
-    @property
-    def noise_variance(self) -> float:
-        """Fitted observation-noise variance in the units of y²."""
-        if self._head is None:
-            raise RuntimeError("ExactGP: not fitted")
-        return float(self._head.noise.detach()) * self._y_std**2

@@ -275,3 +275,47 @@ def as_matrix(X: np.ndarray, n_features: int | None = None) -> np.ndarray:
     if not np.all(np.isfinite(X)):
         raise ValueError("X contains NaN or inf")
     return X
+
+
+class PosteriorModel:
+    """Prediction, sampling and target units shared by ``ExactGP`` and ``DKL``.
+
+    Subclasses fit ``_head`` and ``_post`` on standardised targets (``_y_mean``,
+    ``_y_std``) and say what the kernel sees in ``_kernel_inputs``.
+    """
+
+    _head: GPHead | None
+    _post: Posterior | None
+    _y_mean: float
+    _y_std: float
+
+    def _kernel_inputs(self, X: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and latent variance at X, in the units of y."""
+        Z = self._kernel_inputs(X)
+        assert self._post is not None
+        mean, var = self._post.mean_var(Z)
+        return (
+            mean.double().cpu().numpy() * self._y_std + self._y_mean,
+            var.double().cpu().numpy() * self._y_std**2,
+        )
+
+    def sample(self, X: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """(n_samples, m) joint posterior samples of the latent function at X."""
+        Z = self._kernel_inputs(X)
+        assert self._post is not None
+        return self._post.sample(Z, n_samples, rng).double().cpu().numpy() * self._y_std + self._y_mean
+
+    @property
+    def target_scale(self) -> float:
+        """Standard deviation of the training targets: one standardised unit, in y units."""
+        return self._y_std
+
+    @property
+    def noise_variance(self) -> float:
+        """Fitted observation-noise variance in the units of y²."""
+        if self._head is None:
+            raise RuntimeError(f"{type(self).__name__}: not fitted")
+        return float(self._head.noise.detach()) * self._y_std**2
