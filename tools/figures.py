@@ -96,7 +96,7 @@ def campaign_figure(
         ax2.plot(
             steps, [np.nan if v is None else v for v in std], color="C3", lw=1, label="mean posterior std"
         )
-        ax2.set_ylabel("mean posterior std", color="C3")
+        ax2.set_ylabel("mean posterior std (model units)", color="C3")
     for ev in result.events:
         ax.axvline(ev.step + 1, color="k", ls=":", lw=1)
         ax.annotate(ev.kind, (ev.step + 1, 0.02), rotation=90, fontsize=8)
