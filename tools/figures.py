@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     from autoscope.tools.campaign import CampaignResult
 
 
+def _save(fig, path: Path, title: str, dpi: int) -> Path:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def survey_figure(image: ImageRecord, spectra: list[SpectrumRecord], path: Path, title: str = "") -> Path:
     """The overview image with numbered spectrum positions, and the spectra beside it."""
     fig, (ax_img, ax_sp) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1, 1.2]})
@@ -38,13 +48,7 @@ def survey_figure(image: ImageRecord, spectra: list[SpectrumRecord], path: Path,
     if spectra:
         ax_sp.legend(fontsize=8)
     ax_sp.set_title("EELS at the marked positions")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title, dpi=110)
 
 
 def campaign_figure(
@@ -102,13 +106,7 @@ def campaign_figure(
         ax.annotate(ev.kind, (ev.step + 1, 0.02), rotation=90, fontsize=8)
     ax.set_xlabel("measurement")
     ax.legend(loc="lower right", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title, dpi=100)
 
 
 def image_figure(
@@ -124,8 +122,4 @@ def image_figure(
     ax.set_ylabel("y (nm)")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, "", dpi=110)
