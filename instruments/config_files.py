@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from autoscope.instruments.errors import ConfigError
+from autoscope.instruments.errors import ConfigError, validation_field
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -54,12 +54,7 @@ def validated(model: type[M], values: Any, path: str | None = None) -> M:
     try:
         return model(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        msg = err.get("msg", "invalid value")
-        if not loc:  # a model-level check names its fields in the message
-            loc = next((f for f in model.model_fields if f in msg), model.__name__)
-        raise ConfigError(loc, msg, path) from None
+        raise ConfigError(*validation_field(exc, model), path) from None
 
 
 def load_model(model: type[M], path: str | Path, what: str = "settings") -> M:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 
 class InstrumentError(Exception):
     """Base class of every error raised by an instrument backend."""
@@ -18,6 +20,20 @@ class InstrumentError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.code, "message": str(self)}
+
+
+def validation_field(exc: ValidationError, model: type[BaseModel] | None = None) -> tuple[str, str]:
+    """(field, message) of the first error pydantic found.
+
+    A model-level check has no location: the field is then the first of ``model``'s
+    fields the message names, else the model's name.
+    """
+    err = exc.errors()[0]
+    msg = str(err.get("msg", "invalid value"))
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    if not loc and model is not None:
+        loc = next((f for f in model.model_fields if f in msg), model.__name__)
+    return loc or exc.title, msg
 
 
 class InvalidRequest(InstrumentError, ValueError):

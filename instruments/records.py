@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from autoscope.instruments.errors import InvalidRequest
+from autoscope.instruments.errors import InvalidRequest, validation_field
 
 ELEMENTARY_CHARGE_C = 1.602176634e-19
 NM2_TO_A2 = 100.0
@@ -51,9 +51,7 @@ class _Request(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err.get("loc", ())) or cls.__name__
-            raise InvalidRequest(field, err.get("msg", "invalid value")) from None
+            raise InvalidRequest(*validation_field(exc)) from None
 
 
 class ImageRequest(_Request):
