@@ -10,7 +10,8 @@ corrupted frames) are logged as events and retried a bounded number of times.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -21,6 +22,8 @@ from autoscope.instruments.records import Detector, ImageRecord, SpectrumRecord
 from autoscope.tools.store import RunStore
 
 log = logging.getLogger(__name__)
+
+Record = TypeVar("Record", ImageRecord, SpectrumRecord)
 
 
 class CorruptFrame(AcquisitionFailed):
@@ -63,6 +66,25 @@ class Acquirer:
             reraise=True,
         )
 
+    def _step(
+        self, step_id: str, acquire: Callable[[], Record], save: Callable[..., Any], extra: dict
+    ) -> Record:
+        """The record of ``step_id``: read back when stored, else acquired (retried), checked and stored."""
+        if self.store.has_step(step_id):
+            log.info("step %s already in the store; not re-acquired", step_id)
+            return self.store.load(step_id)  # type: ignore[return-value]
+
+        def once() -> Record:
+            rec = acquire()
+            data = rec.data if isinstance(rec, ImageRecord) else rec.counts
+            if frame_is_corrupt(data):
+                raise CorruptFrame(f"data of step {step_id} failed the integrity check")
+            return rec
+
+        record = self._retrying(step_id)(once)
+        save(step_id, record, **extra)
+        return record
+
     def image(
         self,
         step_id: str,
@@ -74,19 +96,12 @@ class Acquirer:
         **extra: Any,
     ) -> ImageRecord:
         """The image of ``step_id``: from the store when already acquired, else acquired and stored."""
-        if self.store.has_step(step_id):
-            log.info("step %s already in the store; not re-acquired", step_id)
-            return self.store.load(step_id)  # type: ignore[return-value]
-
-        def once() -> ImageRecord:
-            rec = self.microscope.acquire_image(fov_nm, pixels, dwell_s, detector)
-            if frame_is_corrupt(rec.data):
-                raise CorruptFrame(f"frame for step {step_id} failed the integrity check")
-            return rec
-
-        record = self._retrying(step_id)(once)
-        self.store.save_image(step_id, record, **extra)
-        return record
+        return self._step(
+            step_id,
+            lambda: self.microscope.acquire_image(fov_nm, pixels, dwell_s, detector),
+            self.store.save_image,
+            extra,
+        )
 
     def spectrum(
         self,
@@ -103,16 +118,9 @@ class Acquirer:
 
         ``extra`` fields go into the acquisition event (e.g. the candidate index a campaign aimed at).
         """
-        if self.store.has_step(step_id):
-            log.info("step %s already in the store; not re-acquired", step_id)
-            return self.store.load(step_id)  # type: ignore[return-value]
-
-        def once() -> SpectrumRecord:
-            rec = self.microscope.acquire_spectrum(x_nm, y_nm, dwell_s, energy_min_eV, energy_max_eV)
-            if frame_is_corrupt(rec.counts):
-                raise CorruptFrame(f"spectrum for step {step_id} failed the integrity check")
-            return rec
-
-        record = self._retrying(step_id)(once)
-        self.store.save_spectrum(step_id, record, **extra)
-        return record
+        return self._step(
+            step_id,
+            lambda: self.microscope.acquire_spectrum(x_nm, y_nm, dwell_s, energy_min_eV, energy_max_eV),
+            self.store.save_spectrum,
+            extra,
+        )
