@@ -24,7 +24,13 @@ from rich.table import Table
 
 from autoscope.agents.settings import load_settings
 from autoscope.instruments.config_files import read_mapping
-from autoscope.instruments.errors import ConfigError, InstrumentError, InvalidRequest, SafetyLimitExceeded
+from autoscope.instruments.errors import (
+    ConfigError,
+    InstrumentError,
+    InvalidRequest,
+    SafetyLimitExceeded,
+    validation_field,
+)
 from autoscope.instruments.safety import SafetyLimits
 
 log = logging.getLogger("autoscope")
@@ -51,11 +57,6 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
     )
 
 
-def _field_of(exc: ValidationError) -> str:
-    e = exc.errors()[0]
-    return ".".join(str(p) for p in e.get("loc", ())) or exc.title
-
-
 @contextlib.contextmanager
 def _cli_errors() -> Iterator[None]:
     """Map typed errors to a one-line message and the documented exit code."""
@@ -65,8 +66,8 @@ def _cli_errors() -> Iterator[None]:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except ValidationError as exc:
-        e = exc.errors()[0]
-        err.print(f"[red]error:[/red] {_field_of(exc)}: {e.get('msg')}", highlight=False)
+        field, msg = validation_field(exc)
+        err.print(f"[red]error:[/red] {field}: {msg}", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except SafetyLimitExceeded as exc:
         err.print(f"[yellow]stopped at a safety limit:[/yellow] {exc}", highlight=False)
@@ -166,18 +167,8 @@ def survey(
                 scope.capabilities(), None if (remote or replay) else (scenario or DEFAULT_SCENARIO)
             )
             plan = SurveyPlan(**{**defaults, **fields, **{k: v for k, v in flags.items() if v is not None}})
-            with Progress(
-                TextColumn("survey"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("survey", total=1 + plan.spectra)
-                result = run_survey(
-                    scope, store, plan, progress=lambda done, _t: bar.update(task, completed=done)
-                )
+            with _progress("survey", 1 + plan.spectra) as advance:
+                result = run_survey(scope, store, plan, progress=lambda _done, _total: advance(1))
             png = survey_figure(
                 result.image,
                 result.spectra,

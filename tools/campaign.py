@@ -292,9 +292,10 @@ class Campaign:
                 result.steps.append(info)
                 if on_step:
                     on_step(info)
-                y_sd = float(cfg.scalarizer.uncertainty(record))
-                if phase == "active" and emit(stuck.update(k, y, report, y_sd=y_sd)):
-                    break
+                if phase == "active":  # the stuck monitor judges what the model chose
+                    y_sd = float(cfg.scalarizer.uncertainty(record))
+                    if emit(stuck.update(k, y, report, y_sd=y_sd)):
+                        break
         finally:
             self.microscope.blank_beam()
 
