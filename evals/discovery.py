@@ -27,7 +27,10 @@ import numpy as np
 from scipy import ndimage
 
 from autoscope.instruments.factory import open_backend
-from autoscope.instruments.records import NM2_TO_A2, SpectrumRecord, electrons
+from autoscope.instruments.records import NM2_TO_A2, SpectrumRecord, SpectrumRequest, electrons, energy_axis
+from autoscope.instruments.replay import ReplayMicroscope
+from autoscope.instruments.sim.microscope import SimMicroscope
+from autoscope.instruments.sim.oracle import Oracle
 from autoscope.tools.campaign import (
     METHODS,
     CampaignConfig,
@@ -101,43 +104,46 @@ def _truth_record(
     )
 
 
-def sim_truth(scope: Any, grid: CandidateGrid, cfg: CampaignConfig, survey_mid_s: float) -> np.ndarray:
-    """True scalarized signal at each candidate of a twin campaign (noise-free, drift removed)."""
-    from autoscope.instruments.sim.oracle import Oracle
+def _truth_axis(scope: Any, cfg: CampaignConfig) -> tuple[float, int]:
+    """The (offset_eV, channels) the backend itself measures the campaign's window on."""
+    req = SpectrumRequest(
+        x_nm=0.0,
+        y_nm=0.0,
+        dwell_s=cfg.spectrum_dwell_s,
+        energy_min_eV=cfg.energy_min_eV,
+        energy_max_eV=cfg.energy_max_eV,
+    )
+    return energy_axis(req, scope.capabilities())
 
-    inner = getattr(scope, "_inner", scope)  # behind the safety wrapper
-    oracle = Oracle(inner)
-    caps = inner.capabilities()
-    offset = cfg.energy_min_eV
-    channels = int(round((cfg.energy_max_eV - cfg.energy_min_eV) / caps.dispersion_eV))
-    energy = offset + caps.dispersion_eV * np.arange(channels)
+
+def sim_truth(
+    scope: SimMicroscope, grid: CandidateGrid, cfg: CampaignConfig, survey_mid_s: float
+) -> np.ndarray:
+    """True scalarized signal at each candidate of a twin campaign (noise-free, drift removed)."""
+    oracle = Oracle(scope)
+    offset, channels = _truth_axis(scope, cfg)
+    dispersion = scope.capabilities().dispersion_eV
+    energy = offset + dispersion * np.arange(channels)
     dx, dy = oracle.drift_nm(survey_mid_s)
-    current = inner.beam_current_pA()
+    current = scope.beam_current_pA()
     out = np.empty(len(grid.rows))
     for i, (x, y) in enumerate(grid.xy_nm):
         per_e = oracle.true_spectrum(x - dx, y - dy, energy)
-        out[i] = cfg.scalarizer(_truth_record(per_e, offset, caps.dispersion_eV, cfg, current, x, y))
+        out[i] = cfg.scalarizer(_truth_record(per_e, offset, dispersion, cfg, current, x, y))
     return out
 
 
-def replay_truth(scope: Any, grid: CandidateGrid, cfg: CampaignConfig) -> np.ndarray:
+def replay_truth(scope: ReplayMicroscope, grid: CandidateGrid, cfg: CampaignConfig) -> np.ndarray:
     """Scalarized recorded spectrum at each candidate (the recording is the ground truth)."""
-    inner = getattr(scope, "_inner", scope)
-    d = inner.data
-    lo = int(round((cfg.energy_min_eV - d.energy_offset_eV) / d.dispersion_eV))
-    hi = int(round((cfg.energy_max_eV - d.energy_offset_eV) / d.dispersion_eV))
-    lo, hi = max(lo, 0), min(hi, d.spectra.shape[2])
+    d = scope.data
+    offset, channels = _truth_axis(scope, cfg)
     n_rec = electrons(d.current_pA, d.spectrum_dwell_s)
     out = np.empty(len(grid.rows))
-    h, w = d.image.shape
     for i, (x, y) in enumerate(grid.xy_nm):
-        col = min(max(int((x - d.origin_x_nm) / d.pixel_size_nm), 0), w - 1)
-        row = min(max(int((y - d.origin_y_nm) / d.pixel_size_nm), 0), h - 1)
-        per_e = d.spectra[row, col, lo:hi].astype(np.float64) / n_rec
-        rec = _truth_record(
-            per_e, d.energy_offset_eV + lo * d.dispersion_eV, d.dispersion_eV, cfg, d.current_pA, x, y
+        first_eV, counts = d.recorded_spectrum(x, y, offset, channels)
+        out[i] = cfg.scalarizer(
+            _truth_record(counts / n_rec, first_eV, d.dispersion_eV, cfg, d.current_pA, x, y)
         )
-        out[i] = cfg.scalarizer(rec)
     return out
 
 

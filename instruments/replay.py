@@ -109,6 +109,19 @@ class SpectrumImage:
     def energy_eV(self) -> np.ndarray:
         return self.energy_offset_eV + self.dispersion_eV * np.arange(self.spectra.shape[2])
 
+    def recorded_spectrum(
+        self, x_nm: float, y_nm: float, offset_eV: float, channels: int
+    ) -> tuple[float, np.ndarray]:
+        """(offset_eV, counts) as recorded at the pixel nearest (x, y), over the ``channels``
+        recorded channels starting nearest ``offset_eV`` (both clamped to the recording)."""
+        h, w = self.image.shape
+        col = min(max(int(math.floor((x_nm - self.origin_x_nm) / self.pixel_size_nm)), 0), w - 1)
+        row = min(max(int(math.floor((y_nm - self.origin_y_nm) / self.pixel_size_nm)), 0), h - 1)
+        first = int(round((offset_eV - self.energy_offset_eV) / self.dispersion_eV))
+        first = min(max(first, 0), self.spectra.shape[2] - channels)
+        counts = self.spectra[row, col, first : first + channels].astype(np.float64)
+        return self.energy_offset_eV + first * self.dispersion_eV, counts
+
 
 def save_spectrum_image(
     path: str | Path,
@@ -298,14 +311,9 @@ class ReplayMicroscope(LocalBackend):
         )
         d = self.data
         offset_eV, channels = energy_axis(req, self._caps)
-        first = int(round((offset_eV - d.energy_offset_eV) / d.dispersion_eV))
-        first = min(max(first, 0), d.spectra.shape[2] - channels)
         self._check_in_field(req.x_nm, req.y_nm)
         self._require_beam()
-        h, w = d.image.shape
-        col = min(max(int(math.floor((req.x_nm - d.origin_x_nm) / d.pixel_size_nm)), 0), w - 1)
-        row = min(max(int(math.floor((req.y_nm - d.origin_y_nm) / d.pixel_size_nm)), 0), h - 1)
-        recorded = d.spectra[row, col, first : first + channels].astype(np.float64)
+        offset_eV, recorded = d.recorded_spectrum(req.x_nm, req.y_nm, offset_eV, channels)
         scale = (self._current_pA * req.dwell_s) / (d.current_pA * d.spectrum_dwell_s)
         counts = self._counts(recorded * scale)
 
@@ -317,7 +325,7 @@ class ReplayMicroscope(LocalBackend):
         self._total_dose_e += dose_e
         return SpectrumRecord(
             counts=counts,
-            energy_offset_eV=d.energy_offset_eV + first * d.dispersion_eV,
+            energy_offset_eV=offset_eV,
             dispersion_eV=d.dispersion_eV,
             x_nm=req.x_nm,
             y_nm=req.y_nm,
