@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from autoscope.evals.discovery import sim_truth, target_regions
 from autoscope.instruments.sim.config import SimConfig
 from autoscope.instruments.sim.oracle import Oracle
 from autoscope.instruments.sim.scenarios import make_microscope
+from autoscope.tests.processes import log_count, sigkill_when
 from autoscope.tools.campaign import (
     CampaignConfig,
     default_campaign_path,
@@ -60,7 +58,9 @@ def test_dkl_finds_more_targets_than_random_on_the_same_seed(tmp_path: Path, see
         with RunStore.create(tmp_path / method) as store:
             result = run_campaign(scope, store, cfg)
         s = result.survey
-        targets = target_regions(result.grid, sim_truth(scope, result.grid, cfg, (s.t_start_s + s.t_end_s) / 2))
+        targets = target_regions(
+            result.grid, sim_truth(scope, result.grid, cfg, (s.t_start_s + s.t_end_s) / 2)
+        )
         recalls[method] = targets.recall_curve(result.measured)[-1]
     assert recalls["dkl"] > 2 * recalls["random"], recalls
 
@@ -74,13 +74,6 @@ def test_raster_order_visits_every_candidate_once_spreading_the_first_pass():
     first = grid.xy_nm[order[:50]]
     assert np.ptp(first[:, 0]) > 0.8 * np.ptp(grid.xy_nm[:, 0])  # the first pass covers the field
     assert np.ptp(first[:, 1]) > 0.5 * np.ptp(grid.xy_nm[:, 1])
-
-
-def _al_steps(events: Path) -> int:
-    try:
-        return events.read_text().count('"step_id":"al-')
-    except FileNotFoundError:
-        return 0
 
 
 def test_sigkill_and_resume_end_like_an_uninterrupted_run(tmp_path: Path):
@@ -104,14 +97,8 @@ def test_sigkill_and_resume_end_like_an_uninterrupted_run(tmp_path: Path):
     assert whole.returncode == 0, whole.stderr
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while _al_steps(out / "events.jsonl") < 15 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    assert 15 <= _al_steps(out / "events.jsonl") < 45, "the kill must land mid-campaign"
+    sigkill_when([*cmd, "--out", str(out)], out / "events.jsonl", '"step_id":"al-', 15)
+    assert 15 <= log_count(out / "events.jsonl", '"step_id":"al-') < 45, "the kill must land mid-campaign"
 
     resumed = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr

@@ -7,7 +7,6 @@ look at the served microscope directly (its acquisition count).
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,15 +29,10 @@ from autoscope.instruments.remote.client import RemoteMicroscope
 from autoscope.instruments.remote.server import create_app, serve
 from autoscope.instruments.remote.wire import NPY_MEDIA_TYPE, RECORD_HEADER, npy_to_array
 from autoscope.instruments.replay import ReplayMicroscope, SpectrumImage
+from autoscope.tests.servers import free_port
 
 TOKEN = "s3cret-token"
 IMAGE = {"fov_nm": 8.0, "pixels": 16, "dwell_s": 2e-6}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _replay() -> ReplayMicroscope:
@@ -52,7 +46,7 @@ def _replay() -> ReplayMicroscope:
 @contextlib.contextmanager
 def _serving(app) -> Iterator[str]:
     """Run ``app`` with uvicorn on a free loopback port in a thread; yield its URL."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -250,7 +244,7 @@ def test_client_retries_transient_instrument_faults(error, status):
 
 
 def test_unreachable_server_is_connection_lost_naming_url():
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with (
         RemoteMicroscope(url, TOKEN, retries=1, backoff_s=0.01) as scope,
         pytest.raises(ConnectionLost) as exc,
@@ -282,7 +276,7 @@ def test_safety_limit_crosses_the_wire_with_its_fields():
 
 
 def test_serve_stops_by_itself_when_idle():
-    port = _free_port()
+    port = free_port()
     thread = threading.Thread(
         target=serve,
         args=(_replay(),),

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from autoscope.tests.processes import sigkill_when
 from autoscope.tools.store import RunStore
 
 SPECTRA = 120
-
-
-def _acquisitions(events: Path) -> int:
-    try:
-        return events.read_text().count('"kind":"acquisition"')
-    except FileNotFoundError:
-        return 0
 
 
 def test_sigkill_mid_survey_then_resume(tmp_path: Path):
@@ -41,13 +32,7 @@ def test_sigkill_mid_survey_then_resume(tmp_path: Path):
         "--spectrum-dwell-s",
         "0.01",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while _acquisitions(out / "events.jsonl") < 8 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(cmd, out / "events.jsonl", '"kind":"acquisition"', 8, timeout_s=120)
 
     store = RunStore.open(out)
     done = store.completed_steps()
