@@ -139,20 +139,16 @@ def run_survey(
     The beam is unblanked for the survey and blanked again whatever happens.
     ``progress(done, total)`` is called after each step.
     """
-    caps = microscope.capabilities()
-    if plan.center_x_nm is not None or plan.center_y_nm is not None:
-        sx, sy = microscope.stage_position_nm()
-        center = (
-            plan.center_x_nm if plan.center_x_nm is not None else sx,
-            plan.center_y_nm if plan.center_y_nm is not None else sy,
-        )
-    else:
-        center = microscope.stage_position_nm()
-    plan.check_against(caps, center)
+    stage = microscope.stage_position_nm()
+    center = (
+        stage[0] if plan.center_x_nm is None else plan.center_x_nm,
+        stage[1] if plan.center_y_nm is None else plan.center_y_nm,
+    )
+    plan.check_against(microscope.capabilities(), center)
     done_before = store.completed_steps()
     total = 1 + plan.spectra
     acq = Acquirer(microscope, store)
-    if center != microscope.stage_position_nm():
+    if center != stage:
         microscope.move_stage(*center)
     if plan.current_pA is not None:
         microscope.set_beam_current(plan.current_pA)
