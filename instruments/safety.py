@@ -354,7 +354,7 @@ class SafeMicroscope:
                 request,
             )
         self._check_time(request, duration_s)
-        current = float(self._inner.beam_current_pA())
+        current = float(request["current_pA"])  # read once by the caller, who built the request
         if current > lim.max_current_pA:
             self._stop(
                 "max_current_pA",
