@@ -23,8 +23,9 @@ SEED = 3
 @pytest.fixture(scope="module")
 def survey_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("theory") / "run"
-    res = runner.invoke(app, ["survey", "--scenario", "tmd-defects", "--seed", str(SEED), "--out", str(out),
-                              "--spectra", "0"])
+    res = runner.invoke(
+        app, ["survey", "--scenario", "tmd-defects", "--seed", str(SEED), "--out", str(out), "--spectra", "0"]
+    )
     assert res.exit_code == 0, res.output
     return out
 
@@ -32,10 +33,14 @@ def survey_run(tmp_path_factory) -> Path:
 def test_rank_picks_the_true_dopant_from_a_survey(survey_run: Path):
     truth = Oracle(make_microscope("tmd-defects", seed=SEED)).truth()
     hits = 0
-    dopants = [d for d in truth["defects"] if d["type"] == "W_Mo" and max(abs(d["x_nm"]), abs(d["y_nm"])) < 3.0][:3]
+    dopants = [
+        d for d in truth["defects"] if d["type"] == "W_Mo" and max(abs(d["x_nm"]), abs(d["y_nm"])) < 3.0
+    ][:3]
     for w in dopants:
-        res = runner.invoke(app, ["theory", "rank", "--run", str(survey_run), "--position",
-                                  f"{w['x_nm']},{w['y_nm']}", "--json"])
+        res = runner.invoke(
+            app,
+            ["theory", "rank", "--run", str(survey_run), "--position", f"{w['x_nm']},{w['y_nm']}", "--json"],
+        )
         assert res.exit_code == 0, res.output
         out = json.loads(res.stdout.strip().splitlines()[-1])
         best = out["candidates"][out["result"]["best_index"]]
@@ -67,7 +72,9 @@ def test_simulate_writes_a_png_and_refuses_a_bad_file(tmp_path: Path):
     cif = tmp_path / "mos2.cif"
     cif.write_text(st.to_cif(st.mos2_monolayer((4, 3))))
     png = tmp_path / "mos2.png"
-    res = runner.invoke(app, ["theory", "simulate", "--structure", str(cif), "--out", str(png), "--pixels", "64"])
+    res = runner.invoke(
+        app, ["theory", "simulate", "--structure", str(cif), "--out", str(png), "--pixels", "64"]
+    )
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:4] == b"\x89PNG"
     bad = tmp_path / "bad.cif"
@@ -88,7 +95,9 @@ def test_energy_tool_goes_through_the_job_cache(tmp_path: Path):
     from autoscope.tools.theory import candidate_energy, energy_cost, simulate_candidate
 
     base = st.mos2_monolayer((3, 2))
-    v_s = st.candidate_models(base, st.DefectSpec(kind="vacancy", host="S"), [st.site_near(base, 0.3, 0.3, "S")])[0]
+    v_s = st.candidate_models(
+        base, st.DefectSpec(kind="vacancy", host="S"), [st.site_near(base, 0.3, 0.3, "S")]
+    )[0]
     cost = energy_cost(v_s)
     assert cost.seconds > 0 and cost.basis
     with JobRunner(tmp_path / "cache") as runner:
