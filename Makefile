@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# CPU torch first where no CUDA is present (an unpinned torch pulls a multi-GB CUDA build)
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e ".[dev]"
+	# llama-cpp-python builds from source (~6 min once; pip caches the wheel)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,7 +25,7 @@ test: lint
 	$(BIN)/pytest -q
 
 demo: setup
-	$(BIN)/autoscope campaign --scenario plasmonic --out $(RUNS)/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/autoscope run --scenario plasmonic --out $(RUNS)/demo-$$(date +%Y%m%d-%H%M%S)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,7 +1,7 @@
 """The ``autoscope`` command line.
 
-Exit codes: 0 done, 2 bad input (the message names the field), 3 stopped at a safety
-limit (a person must decide), 1 any other instrument failure.
+Exit codes: 0 done, 2 bad input (the message names the field), 3 stopped for a person
+(a safety limit, or a gate that needs one), 1 any other instrument failure.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autoscope.agents import cli_run
+from autoscope.agents.llm.base import LLMUnavailable
 from autoscope.agents.settings import load_settings
 from autoscope.instruments.config_files import read_mapping
 from autoscope.instruments.errors import (
@@ -62,7 +64,7 @@ def _cli_errors() -> Iterator[None]:
     """Map typed errors to a one-line message and the documented exit code."""
     try:
         yield
-    except (InvalidRequest, ConfigError) as exc:
+    except (InvalidRequest, ConfigError, LLMUnavailable) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except ValidationError as exc:
@@ -453,6 +455,12 @@ def instrument_serve(
         serve(
             scope, host=host or settings.host, port=port or settings.port, token=tok, idle_exit_s=idle_exit_s
         )
+
+
+app.command("run")(cli_run.run)
+app.command("resume")(cli_run.resume)
+app.command("chat")(cli_run.chat)
+app.command("plan-schema")(cli_run.plan_schema)
 
 
 def main() -> None:

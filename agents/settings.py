@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,27 @@ class Settings(BaseSettings):
     remote_timeout_s: float = Field(default=30.0, gt=0)
     remote_retries: int = Field(default=3, ge=0, le=10)
     log_level: str = "INFO"
+
+    # ---- agents
+    #: LLM behind the hypothesis and planning agents: the embedded local model, any
+    #: OpenAI-compatible endpoint, or none (the deterministic planner, which says so)
+    llm: Literal["local", "openai", "none"] = "local"
+    #: embedded model (a registry package ships its weights; see README for the figures)
+    local_model: Literal["smollm2", "qwen2.5-coder-1.5b"] = "smollm2"
+    #: where an embedded model shipped in parts is assembled once
+    model_cache_dir: Path = Path.home() / ".cache" / "autoscope" / "models"
+    #: OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server, LM Studio)
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = Field(default=120.0, gt=0)
+    llm_max_tokens: int = Field(default=1024, ge=16)
+    #: bounded repair attempts after an invalid structured answer
+    llm_repair_retries: int = Field(default=2, ge=0, le=5)
+    #: who may decide at the gates of ``autoscope run`` when --autonomy is not given
+    autonomy: Literal["manual", "supervised", "autonomous"] = "autonomous"
+    #: graph checkpoints: empty for SQLite in the run directory, or a postgresql:// URL
+    checkpoint_url: str | None = None
 
 
 def load_settings() -> Settings:

