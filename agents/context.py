@@ -29,11 +29,19 @@ class RunContext:
     spec: RunSpec
     run_dir: Path
     repair_retries: int = 2
+    #: the policy a resumed run stopped under, until the gate it stopped at has been answered
+    policy_until_answer: AutonomyPolicy | None = None
     #: set (with a reason) to end the running scan after its current spectrum
     stop_requested: threading.Event = field(default_factory=threading.Event)
     stop_reason: str = "interrupted by the scientist"
     on_step: Callable[[StepInfo], None] | None = None
     on_status: Callable[[str], None] | None = None
+
+    def gate_policy(self) -> AutonomyPolicy:
+        return self.policy_until_answer or self.policy
+
+    def gate_answered(self) -> None:
+        self.policy_until_answer = None
 
     def log_llm_call(self, call: LLMCall) -> None:
         self.store.append_event("llm_call", **call.as_event())

@@ -115,14 +115,20 @@ def run_graph(
     on_step: Callable[[StepInfo], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     context_hook: Callable[[RunContext], None] | None = None,
+    policy_at_pending_gate: AutonomyPolicy | None = None,
 ) -> RunOutcome:
-    """Start the graph, or continue it from its last checkpoint, until done or a person is needed."""
+    """Start the graph, or continue it from its last checkpoint, until done or a person is needed.
+
+    ``policy_at_pending_gate``: the policy the run stopped under, kept until the gate it stopped
+    at is answered (a person's answer there is not overruled by a new autonomy level).
+    """
     settings = settings or load_settings()
     ctx = RunContext(
         store=store,
         microscope=microscope,
         llm=llm,
         policy=policy,
+        policy_until_answer=policy_at_pending_gate,
         spec=spec,
         run_dir=run_dir,
         repair_retries=settings.llm_repair_retries,
@@ -215,7 +221,11 @@ def launch(
         remote = options.remote or record.get("remote")
         sim_config = options.sim_config or (Path(record["sim_config"]) if record.get("sim_config") else None)
         run_id = record["run_id"]
+        before = AutonomyPolicy.model_validate({"level": record["autonomy"]})
+        if autonomy != record["autonomy"]:
+            save_run_file(run_dir, {**record, "autonomy": autonomy})
     else:
+        before = None
         if (run_dir / RUN_FILE).exists():
             raise ConfigError(
                 "out", f"{run_dir} already holds a run; continue it with `autoscope resume {run_dir}`"
@@ -272,4 +282,5 @@ def launch(
             on_step=on_step,
             on_status=on_status,
             context_hook=context_hook,
+            policy_at_pending_gate=before,
         )

@@ -22,7 +22,7 @@ from autoscope.instruments.safety import SafetyLimits
 from autoscope.tools.ml.acquisition import AcquisitionSpec
 from autoscope.tools.ml.base import MonitorKind
 from autoscope.tools.ml.descriptors import PatchSpec
-from autoscope.tools.ml.scalarizers import Scalarizer
+from autoscope.tools.ml.scalarizers import Scalarizer, require_kind
 
 #: instrument overhead assumed per acquisition and model time per active step (s), for the dry run
 OVERHEAD_PER_ACQUISITION_S = 0.05
@@ -70,7 +70,7 @@ class Hypothesis(BaseModel):
 class SurveyStep(BaseModel):
     """An overview image (reused from the store when the run's survey has the same settings)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
     kind: Literal["survey"] = "survey"
     fov_nm: float = Field(gt=0)
     pixels: int = Field(ge=8, le=4096)
@@ -81,7 +81,7 @@ class SurveyStep(BaseModel):
 class SeedStep(BaseModel):
     """Random spectra before the model takes over."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
     kind: Literal["seed"] = "seed"
     points: int = Field(8, ge=1, le=256)
 
@@ -89,7 +89,7 @@ class SeedStep(BaseModel):
 class ActiveScanStep(BaseModel):
     """The active-learning loop: spectra chosen by a model and an acquisition function."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
     kind: Literal["active_scan"] = "active_scan"
     model: Literal["dkl", "gp", "random", "raster"] = "dkl"
     acquisition: AcquisitionSpec = AcquisitionSpec(kind="ei")
@@ -110,7 +110,7 @@ class ActiveScanStep(BaseModel):
 class SpectrumAtStep(BaseModel):
     """One spectrum at a named position (sample frame)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
     kind: Literal["spectrum_at"] = "spectrum_at"
     x_nm: float
     y_nm: float
@@ -123,7 +123,7 @@ class SpectrumAtStep(BaseModel):
 class InterventionRule(BaseModel):
     """What a monitor event does: stop the scan, ask a person (the intervention gate), or log only."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
     kind: Literal["intervention"] = "intervention"
     monitor: MonitorKind
     action: Literal["stop", "ask", "ignore"] = "ask"
@@ -135,7 +135,7 @@ class InterventionRule(BaseModel):
 class StopCondition(BaseModel):
     """Stop the scan early when any bound is reached."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
     kind: Literal["stop_when"] = "stop_when"
     max_measurements: int | None = Field(None, ge=1)
     max_dose_e_per_A2: float | None = Field(None, gt=0, description="field-averaged dose of this plan")

@@ -25,30 +25,37 @@ def measurements(store: RunStore, **_: object) -> str:
     return f"{len(spectra)} spectra and {len(acq) - len(spectra)} images so far; dose {dose:.3g} electrons."
 
 
-def _current_hypothesis(store: RunStore) -> Hypothesis | None:
-    hyps = store.events("hypothesis")
-    if not hyps:
-        return None
-    fields = {k: v for k, v in hyps[-1].items() if k not in ("kind", "seq", "time_utc")}
-    return Hypothesis.model_validate(fields)
+def _hypotheses(store: RunStore) -> list[Hypothesis]:
+    """Every hypothesis of the run, latest first."""
+    out = []
+    for e in reversed(store.events("hypothesis")):
+        out.append(
+            Hypothesis.model_validate({k: v for k, v in e.items() if k not in ("kind", "seq", "time_utc")})
+        )
+    return out
 
 
 def best(store: RunStore, n: int = 5, **_: object) -> str:
-    h = _current_hypothesis(store)
-    if h is None:
+    """The strongest signal of the latest hypothesis that has spectra."""
+    hyps = _hypotheses(store)
+    if not hyps:
         return "No hypothesis yet, so no signal to rank spectra by."
-    rows = []
-    for e in _spectra(store):
-        if e["step_id"].startswith(f"{h.id}-"):
-            y = float(h.signal(store.load(e["step_id"])))
-            if np.isfinite(y):
-                rows.append((y, e["step_id"], e["x_nm"], e["y_nm"]))
-    if not rows:
-        return f"No spectra measured for {h.id} yet."
-    rows.sort(reverse=True)
-    lines = [f"Strongest {h.signal.describe()} of {h.id} ({len(rows)} spectra):"]
-    lines += [f"  {sid}: {y:.4g} at ({x:.1f}, {yy:.1f}) nm" for y, sid, x, yy in rows[: max(1, int(n))]]
-    return "\n".join(lines)
+    spectra = _spectra(store)
+    for h in hyps:
+        rows = []
+        for e in spectra:
+            if e["step_id"].startswith(f"{h.id}-"):
+                y = float(h.signal(store.load(e["step_id"])))
+                if np.isfinite(y):
+                    rows.append((y, e["step_id"], e["x_nm"], e["y_nm"]))
+        if rows:
+            rows.sort(reverse=True)
+            lines = [f"Strongest {h.signal.describe()} of {h.id} ({len(rows)} spectra):"]
+            lines += [
+                f"  {sid}: {y:.4g} at ({x:.1f}, {yy:.1f}) nm" for y, sid, x, yy in rows[: max(1, int(n))]
+            ]
+            return "\n".join(lines)
+    return "No spectra measured for any hypothesis yet."
 
 
 def verdicts(store: RunStore, **_: object) -> str:

@@ -188,7 +188,7 @@ class LocalLLM:
         cache_dir: Path | None = None,
         max_tokens: int = 1024,
         *,
-        n_ctx: int = 4096,
+        n_ctx: int = 8192,
         n_threads: int | None = None,
     ) -> None:
         if model_key not in MODELS:

@@ -102,7 +102,10 @@ def structured(
                 schema_name=schema.__name__,
                 errors=text,
                 fields=fields,
-                schema=json.dumps(schema_json(schema), separators=(",", ":")),
+                # a backend that enforces the schema itself (grammar, json_schema) needs no copy of it
+                schema=""
+                if llm.calls and llm.calls[-1].mode in ("grammar", "json_schema")
+                else json.dumps(schema_json(schema), separators=(",", ":")),
             )
             conversation.append(Message(role="user", content=repair))
     raise StructuredOutputError(

@@ -8,7 +8,7 @@ from autoscope.agents import deterministic
 from autoscope.agents.context import RunContext
 from autoscope.agents.proposing import propose
 from autoscope.agents.state import GraphState
-from autoscope.tools.plan import Hypothesis, check_hypothesis
+from autoscope.tools.plan import Hypothesis, PlanValidationError, check_hypothesis
 
 
 def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
@@ -23,8 +23,14 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     def fallback() -> Hypothesis:
         return deterministic.hypothesis(ctx.spec, n, feedback)
 
+    tested = {r["hypothesis"]["statement"].strip().lower() for r in state.get("rounds", [])}
+
     def check(h: Hypothesis) -> None:
         check_hypothesis(h, caps)
+        if h.statement.strip().lower() in tested:
+            raise PlanValidationError(
+                "statement: this hypothesis was tested already; propose a different one"
+            )
 
     previous = [
         {

@@ -8,7 +8,10 @@ from autoscope.agents import deterministic
 from autoscope.agents.context import RunContext
 from autoscope.agents.proposing import propose
 from autoscope.agents.state import GraphState
-from autoscope.tools.plan import Hypothesis, Plan, SurveyStep, check_plan
+from autoscope.tools.plan import Hypothesis, Plan, PlanValidationError, SurveyStep, check_plan
+
+#: fewest spectra an LLM-written scan may plan (fewer cannot give a verdict)
+MIN_SCAN = 10
 
 
 def run_survey_step(state: GraphState) -> SurveyStep:
@@ -45,6 +48,11 @@ def plan(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     def check(p: Plan) -> None:
         p.hypothesis_id = h.id  # the plan is for the hypothesis at hand, whatever the model wrote
         check_plan(p, h, caps)
+        floor = min(MIN_SCAN, left)
+        if p.active is not None and p.active.budget < floor:
+            raise PlanValidationError(
+                f"active_scan.budget: {p.active.budget} spectra cannot test {h.id}; plan at least {floor}"
+            )
 
     p, fell_back = propose(
         ctx,

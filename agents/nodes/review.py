@@ -42,7 +42,8 @@ def hypothesis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[
         check_hypothesis(edited, caps)
         return {"hypothesis": edited.model_dump(mode="json")}
 
-    resp, update, decision = ask(req, ctx.policy, validate, config)
+    resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
+    ctx.gate_answered()
     _record(ctx, decision)
     return gate_update(resp, decision, update)
 
@@ -69,7 +70,8 @@ def plan_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunCon
         check_plan(edited, h, caps)
         return {"plan": edited.model_dump(mode="json"), "dry_run": None}
 
-    resp, update, decision = ask(req, ctx.policy, validate, config)
+    resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
+    ctx.gate_answered()
     _record(ctx, decision)
     return gate_update(resp, decision, update)
 
@@ -100,7 +102,8 @@ def intervention_gate(state: GraphState, config: RunnableConfig, runtime: Runtim
             return {"plan": edited.model_dump(mode="json"), "dry_run": None}
         return {}
 
-    resp, update, decision = ask(req, ctx.policy, validate, config)
+    resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
+    ctx.gate_answered()
     _record(ctx, decision)
     out = gate_update(resp, decision, update)
     if kind == "safety_stop" and resp.action == "approve":
@@ -137,6 +140,7 @@ def analysis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[Ru
             "spent_spectra": state.get("spent_spectra", 0) + int(state["result"]["measurements"]),
         }
 
-    resp, update, decision = ask(req, ctx.policy, validate, config)
+    resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
+    ctx.gate_answered()
     _record(ctx, decision)
     return gate_update(resp, decision, update)

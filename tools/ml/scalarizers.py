@@ -83,8 +83,16 @@ def _linear_background(e: np.ndarray, y: np.ndarray, idx: np.ndarray, edge_chann
     return y0 + (y1 - y0) * (e[idx] - e0) / (e1 - e0)
 
 
+def require_kind(schema: dict) -> None:
+    """JSON schema: ``kind`` is required (it tags a union), though the model has it as a default;
+    grammar-constrained decoders otherwise may leave it out."""
+    required = schema.setdefault("required", [])
+    if "kind" in schema.get("properties", {}) and "kind" not in required:
+        required.insert(0, "kind")
+
+
 class _Scalarizer(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=require_kind)
 
     def __call__(self, record: SpectrumRecord) -> float:  # pragma: no cover - overridden
         raise NotImplementedError
