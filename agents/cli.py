@@ -326,6 +326,75 @@ def bench_latency_cmd(
         typer.echo(json.dumps(result) if as_json else format_latency(result))
 
 
+def _pct_cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f} %"
+
+
+def _num_cell(value: float | None, fmt: str = ".1f") -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+@bench_app.command("llm")
+def bench_llm_cmd(
+    models: Annotated[
+        str, typer.Option(help="Comma-separated model keys (embedded models; none = reference).")
+    ] = "smollm2,qwen2.5-coder-1.5b",
+    scenarios: Annotated[
+        str, typer.Option(help="Comma-separated scenarios.")
+    ] = "plasmonic,tmd-defects,oxide-interface",
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per scenario.")] = 1,
+    budget: Annotated[int, typer.Option(min=1, help="Spectra per run.")] = 12,
+    rounds: Annotated[int, typer.Option(min=1, max=20, help="Hypotheses per run.")] = 2,
+    keep: Annotated[Path | None, typer.Option(help="Keep the run directories (report.md) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Valid proposals (first try, after repair, fallback) and speed of each LLM on the real graph."""
+    from autoscope.evals.llm_plans import bench_llm, check_names
+
+    with _cli_errors():
+        chosen = [m.strip() for m in models.split(",") if m.strip()]
+        names = [s.strip() for s in scenarios.split(",") if s.strip()]
+        check_names(chosen, names)
+        with _progress("bench", len(chosen) * len(names) * seeds) as advance:
+            result = bench_llm(chosen, names, seeds, budget, rounds, progress=advance, keep_dir=keep)
+        if as_json:
+            typer.echo(json.dumps(result))
+            return
+        table = Table(
+            "model",
+            "scenario",
+            "proposals",
+            "1st try",
+            "after repair",
+            "fallback",
+            "calls/prop.",
+            "tok/s",
+            "s/prop. (median)",
+            "load (s)",
+            "run (s, median)",
+            title=f"LLM proposals: {seeds} seed(s), budget {budget}, {rounds} rounds, "
+            f"{result['cpus']} CPUs (load {result['load_avg_start'][0]:.1f})",
+        )
+        for key, r in result["results"].items():
+            rows = [(f"{key}" + (" (reference)" if r["reference"] else ""), "all", r, r["load_s"])]
+            rows += [("", s, sr, None) for s, sr in r["scenarios"].items()] if len(r["scenarios"]) > 1 else []
+            for name, scen, row, load_s in rows:
+                table.add_row(
+                    name,
+                    scen,
+                    str(row["proposals"]),
+                    _pct_cell(row["first_try_pct"]),
+                    _pct_cell(row["valid_after_repair_pct"]),
+                    _pct_cell(row["fallback_pct"]),
+                    _num_cell(row["calls_per_proposal"], ".2f"),
+                    _num_cell(row["completion_tokens_per_s"]),
+                    _num_cell(row["median_proposal_latency_s"]),
+                    _num_cell(load_s),
+                    _num_cell(row["run_wall_s_median"]),
+                )
+        Console().print(table)
+
+
 def _pair(text: str, field: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))

@@ -293,3 +293,11 @@ def test_a_person_interrupting_the_scan_ends_it_after_the_current_spectrum(tmp_p
     assert h["measurements"] == 5
     report = (tmp_path / "run" / "report.md").read_text()
     assert "human: interrupted by the scientist" in report
+
+
+def test_a_bad_checkpoint_url_is_refused_naming_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from autoscope.instruments.errors import ConfigError
+
+    monkeypatch.setenv("AUTOSCOPE_CHECKPOINT_URL", "mysql://nope")
+    with pytest.raises(ConfigError, match="checkpoint_url"):
+        run(tmp_path / "run", budget=6)

@@ -34,5 +34,10 @@ def make_llm(
             max_tokens=settings.llm_max_tokens,
         )
     if backend == "local":
-        return LocalLLM(settings.local_model, settings.model_cache_dir, settings.llm_max_tokens)
+        return LocalLLM(
+            settings.local_model,
+            settings.model_cache_dir,
+            settings.llm_max_tokens,
+            timeout_s=settings.llm_timeout_s,
+        )
     raise ValueError(f"unknown LLM backend {backend!r}; one of {', '.join(BACKENDS)}")

@@ -190,6 +190,7 @@ class LocalLLM:
         *,
         n_ctx: int = 8192,
         n_threads: int | None = None,
+        timeout_s: float = 120.0,
     ) -> None:
         if model_key not in MODELS:
             raise LLMUnavailable(
@@ -204,6 +205,7 @@ class LocalLLM:
         self.model = MODELS[model_key].title
         self.cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "autoscope" / "models"
         self.max_tokens = max_tokens
+        self.timeout_s = timeout_s
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.calls: list[LLMCall] = []
@@ -237,6 +239,7 @@ class LocalLLM:
                     temperature=0.0,
                     max_tokens=self.max_tokens,
                     seed=0,
+                    stopping_criteria=self._deadline(start),
                 )
         except (
             Exception
@@ -259,6 +262,19 @@ class LocalLLM:
             None,
         )
         return text
+
+    def _deadline(self, start: float) -> Any:
+        """Stop generating after ``timeout_s`` (AUTOSCOPE_LLM_TIMEOUT_S): a cut answer is repaired
+        or replaced by the deterministic planner, and the run goes on."""
+        from llama_cpp import StoppingCriteriaList
+
+        def late(_ids: Any, _logits: Any) -> bool:
+            if time.perf_counter() - start > self.timeout_s:
+                log.warning("local model: answer cut after %.0f s (AUTOSCOPE_LLM_TIMEOUT_S)", self.timeout_s)
+                return True
+            return False
+
+        return StoppingCriteriaList([late])
 
     def _record(
         self,
