@@ -368,7 +368,7 @@ def bench_llm_cmd(
             "after repair",
             "fallback",
             "calls/prop.",
-            "tok/s",
+            "tok/s (median call)",
             "s/prop. (median)",
             "load (s)",
             "run (s, median)",
@@ -387,7 +387,8 @@ def bench_llm_cmd(
                     _pct_cell(row["valid_after_repair_pct"]),
                     _pct_cell(row["fallback_pct"]),
                     _num_cell(row["calls_per_proposal"], ".2f"),
-                    _num_cell(row["completion_tokens_per_s"]),
+                    f"{_num_cell(row['completion_tokens_per_s'])} "
+                    f"({_num_cell(row['completion_tokens_per_s_median_call'])})",
                     _num_cell(row["median_proposal_latency_s"]),
                     _num_cell(load_s),
                     _num_cell(row["run_wall_s_median"]),

@@ -14,9 +14,11 @@ with a small budget. A **proposal** is one request for a typed ``Hypothesis`` or
 
 Per model, and per model and scenario: the proposals, the three rates, the mean calls per
 proposal, completion tokens per second (completion tokens over the wall time of the calls,
-prompt processing included), the median model time per proposal, the model load time (first
-use in this process) and the run wall time. The ``none`` backend is the reference row: the
-deterministic planner writes every proposal, valid by construction, with no model call.
+prompt processing included; also the median of each call's rate, which other processes
+slowing a run for a while move less), the median model time per proposal, the model load
+time (first use in this process) and the run wall time. The ``none`` backend is the
+reference row: the deterministic planner writes every proposal, valid by construction,
+with no model call.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     latency = sum(float(c["latency_s"]) for c in calls)
     completion = sum(int(c["completion_tokens"]) for c in calls)
     asked = [p["latency_s"] for p in props if p["calls"]]
+    rates = [int(c["completion_tokens"]) / float(c["latency_s"]) for c in calls if float(c["latency_s"]) > 0]
     walls = [r["wall_s"] for r in runs]
     n = len(props)
     return {
@@ -173,6 +176,8 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "completion_tokens": completion,
         "llm_latency_s": round(latency, 2),
         "completion_tokens_per_s": round(completion / latency, 1) if latency > 0 else None,
+        # robust to a run slowed by other processes competing for the cores
+        "completion_tokens_per_s_median_call": round(statistics.median(rates), 1) if rates else None,
         "median_proposal_latency_s": round(statistics.median(asked), 2) if asked else None,
         "run_wall_s_median": round(statistics.median(walls), 1) if walls else None,
         "wall_s_total": round(sum(walls), 1),

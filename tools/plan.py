@@ -52,16 +52,20 @@ class Prediction(BaseModel):
 
 
 class Hypothesis(BaseModel):
-    """A testable idea: the signal, the descriptor, the expected outcome and its refutation."""
+    """A testable idea: the signal, the descriptor, the expected outcome and its refutation.
+
+    Text fields have no maximum length on purpose: a JSON-schema ``maxLength`` becomes a
+    deeply nested grammar rule in llama.cpp that slows constrained decoding to seconds a token.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field("H1", pattern=r"^H[0-9]{1,3}$")
-    statement: str = Field(min_length=10, max_length=600)
+    statement: str = Field(min_length=10)
     signal: Scalarizer = Field(description="the scalar measured from each spectrum")
     patch: PatchSpec = Field(description="the structural descriptor the model learns from")
-    expected: str = Field(min_length=3, max_length=400, description="the outcome if it holds")
-    refuted_if: str = Field(min_length=3, max_length=400, description="the outcome that refutes it")
+    expected: str = Field(min_length=3, description="the outcome if it holds")
+    refuted_if: str = Field(min_length=3, description="the outcome that refutes it")
     prediction: Prediction
     author: str = Field("", description="who proposed it: an LLM model name or the deterministic planner")
 
@@ -154,7 +158,7 @@ class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hypothesis_id: str = Field(pattern=r"^H[0-9]{1,3}$")
-    rationale: str = Field("", max_length=800)
+    rationale: str = ""
     steps: list[Step] = Field(min_length=1, max_length=32)
     author: str = ""
 

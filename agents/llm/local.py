@@ -231,50 +231,42 @@ class LocalLLM:
             mode = "json_object"
         start = time.perf_counter()
         prompt_estimate = estimate_tokens(prompt_text(messages))
+        text, finish, completion, cut = "", None, 0, False
         try:
             with lock:
-                out = llama.create_chat_completion(
+                prompt_tokens = _count_prompt(llama, messages, prompt_estimate)
+                # streamed, so a runaway answer can be cut at the deadline (AUTOSCOPE_LLM_TIMEOUT_S)
+                stream = llama.create_chat_completion(
                     messages=[dict(m) for m in messages],
                     response_format=_response_format(mode, schema_dict),
                     temperature=0.0,
                     max_tokens=self.max_tokens,
                     seed=0,
-                    stopping_criteria=self._deadline(start),
+                    stream=True,
                 )
-        except (
-            Exception
-        ) as exc:  # llama.cpp raises ValueError/RuntimeError (context overflow, decode failure)
+                for chunk in stream:
+                    choice = chunk["choices"][0]
+                    piece = choice.get("delta", {}).get("content") or ""
+                    if piece:
+                        text += piece
+                        completion += 1
+                    finish = choice.get("finish_reason") or finish
+                    if time.perf_counter() - start > self.timeout_s:
+                        cut = True
+                        break
+                if hasattr(stream, "close"):
+                    stream.close()
+        except Exception as exc:  # llama.cpp raises ValueError/RuntimeError (context overflow, decode failure)
             self._record(purpose, mode, 0, 0, start, str(exc))
             raise LLMError(f"local model {self.model} failed on {purpose!r}: {exc}") from exc
-        choice = out["choices"][0]
-        text = choice["message"].get("content") or ""
-        if choice.get("finish_reason") == "length":
+        if cut:
+            log.warning("%s: answer cut after %.0f s (AUTOSCOPE_LLM_TIMEOUT_S)", purpose, self.timeout_s)
+        elif finish == "length":
             log.warning(
                 "%s: answer cut at max_tokens=%d (AUTOSCOPE_LLM_MAX_TOKENS)", purpose, self.max_tokens
             )
-        used = out.get("usage") or {}
-        self._record(
-            purpose,
-            mode,
-            used.get("prompt_tokens", prompt_estimate),
-            used.get("completion_tokens", estimate_tokens(text)),
-            start,
-            None,
-        )
+        self._record(purpose, mode, prompt_tokens, completion, start, None)
         return text
-
-    def _deadline(self, start: float) -> Any:
-        """Stop generating after ``timeout_s`` (AUTOSCOPE_LLM_TIMEOUT_S): a cut answer is repaired
-        or replaced by the deterministic planner, and the run goes on."""
-        from llama_cpp import StoppingCriteriaList
-
-        def late(_ids: Any, _logits: Any) -> bool:
-            if time.perf_counter() - start > self.timeout_s:
-                log.warning("local model: answer cut after %.0f s (AUTOSCOPE_LLM_TIMEOUT_S)", self.timeout_s)
-                return True
-            return False
-
-        return StoppingCriteriaList([late])
 
     def _record(
         self,
@@ -298,6 +290,14 @@ class LocalLLM:
                 error=error,
             )
         )
+
+
+def _count_prompt(llama: Any, messages: list[Message], estimate: int) -> int:
+    """Prompt tokens by the model's own tokenizer (the estimate when it cannot say)."""
+    try:
+        return len(llama.tokenize(prompt_text(messages).encode("utf-8"), add_bos=False, special=True))
+    except Exception:
+        return estimate
 
 
 def _response_format(mode: str, schema: dict) -> dict:

@@ -48,7 +48,7 @@ def plan(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     def check(p: Plan) -> None:
         p.hypothesis_id = h.id  # the plan is for the hypothesis at hand, whatever the model wrote
         check_plan(p, h, caps)
-        floor = min(MIN_SCAN, left)
+        floor = min(MIN_SCAN, max(1, left // max(rounds, 1)))  # the deterministic share may be smaller
         if p.active is not None and p.active.budget < floor:
             raise PlanValidationError(
                 f"active_scan.budget: {p.active.budget} spectra cannot test {h.id}; plan at least {floor}"
