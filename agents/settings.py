@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     #: OpenAI-compatible endpoint, or none (the deterministic planner, which says so)
     llm: Literal["local", "openai", "none"] = "local"
     #: embedded model (a registry package ships its weights; see README for the figures)
-    local_model: Literal["smollm2", "qwen2.5-coder-1.5b"] = "smollm2"
+    local_model: Literal["smollm2", "qwen2.5-coder-1.5b"] = "qwen2.5-coder-1.5b"
     #: where an embedded model shipped in parts is assembled once
     model_cache_dir: Path = Path.home() / ".cache" / "autoscope" / "models"
     #: OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server, LM Studio)

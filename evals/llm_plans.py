@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoscope.agents.llm import LLM, NoLLM
-from autoscope.agents.llm.local import MODELS, LocalLLM
+from autoscope.agents.llm import LLM, NoLLM, make_llm
+from autoscope.agents.llm.local import MODELS
 from autoscope.agents.run_spec import load_run_spec
 from autoscope.agents.runner import RunOptions, launch
 from autoscope.agents.settings import load_settings
@@ -68,11 +68,11 @@ def check_names(models: Sequence[str], scenarios: Sequence[str]) -> None:
 
 
 def default_llm(model_key: str) -> LLM:
-    """The reference planner for ``none``, else the embedded model ``model_key`` with the settings' limits."""
+    """The reference planner for ``none``, else the embedded model ``model_key`` with the run's settings."""
     if model_key == REFERENCE:
         return NoLLM()
-    settings = load_settings()
-    return LocalLLM(model_key, settings.model_cache_dir, settings.llm_max_tokens)
+    settings = load_settings().model_copy(update={"local_model": model_key})
+    return make_llm("local", settings)  # built exactly as `autoscope run --llm local` builds it
 
 
 @dataclass

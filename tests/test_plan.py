@@ -77,7 +77,7 @@ def test_malformed_plans_are_refused_with_the_reason(spec, mutate, message):
     _, p = a_plan(spec)
     steps = mutate(p.model_dump(mode="json")["steps"])
     with pytest.raises(ValidationError, match=message):
-        Plan.model_validate({"hypothesis_id": "H1", "steps": steps})
+        Plan.model_validate({"hypothesis_id": "H1", "rationale": "tests the shape rules", "steps": steps})
 
 
 def test_checks_refuse_what_the_instrument_cannot_do(spec):
@@ -215,3 +215,15 @@ def test_every_prompt_renders_and_a_missing_variable_fails(spec):
         if len(v) > 1:
             with pytest.raises(jinja2.UndefinedError):
                 render(name, **dict(list(v.items())[1:]))
+
+
+@pytest.mark.parametrize("scenario", ["plasmonic", "tmd-defects", "oxide-interface"])
+def test_deterministic_proposals_pass_the_checks_asked_of_a_model(scenario):
+    """The example every prompt shows must itself be valid, on every scenario and round."""
+    spec = load_run_spec(None, scenario)
+    caps = open_microscope(SafetyLimits(), scenario=scenario).capabilities()
+    for n in (1, 2, 3):
+        h = deterministic.hypothesis(spec, n)
+        check_hypothesis(h, caps)
+        p = deterministic.plan(spec, h, survey_step(spec), caps, budget_left=30, rounds_left=2)
+        check_plan(Plan.model_validate_json(p.model_dump_json()), h, caps)

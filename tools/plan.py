@@ -158,7 +158,7 @@ class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hypothesis_id: str = Field(pattern=r"^H[0-9]{1,3}$")
-    rationale: str = ""
+    rationale: str = Field(min_length=10, description="why this plan tests the hypothesis")
     steps: list[Step] = Field(min_length=1, max_length=32)
     author: str = ""
 
@@ -255,8 +255,8 @@ def check_hypothesis(h: Hypothesis, caps: Capabilities) -> None:
 
 
 def _signal_window(h: Hypothesis) -> tuple[float, float]:
-    s = h.signal.model_dump()
-    values = [float(v) for k, v in s.items() if k.endswith("_eV") and isinstance(v, int | float)]
+    s = h.signal.model_dump()  # the windows it reads (lo/hi, pre-edge, a/b bands), not widths or references
+    values = [float(v) for k, v in s.items() if k.endswith(("lo_eV", "hi_eV")) and isinstance(v, int | float)]
     return (min(values), max(values)) if values else (0.0, 0.0)
 
 

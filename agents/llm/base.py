@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypedDict, runtime_checkable
 
@@ -112,3 +113,28 @@ def with_schema_instruction(messages: list[Message], schema: type[BaseModel]) ->
     else:
         out.insert(0, Message(role="system", content=instruction))
     return out
+
+
+def record_call(
+    llm: LLM,
+    purpose: str,
+    mode: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    start: float,
+    error: str | None = None,
+) -> LLMCall:
+    """Append the accounting of one call (latency since ``start``, a ``perf_counter`` reading) to ``llm.calls``."""
+    call = LLMCall(
+        purpose=purpose,
+        backend=llm.backend,
+        model=llm.model,
+        mode=mode,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_s=time.perf_counter() - start,
+        ok=error is None,
+        error=error,
+    )
+    llm.calls.append(call)
+    return call

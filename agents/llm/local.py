@@ -29,6 +29,7 @@ from autoscope.agents.llm.base import (
     Message,
     estimate_tokens,
     prompt_text,
+    record_call,
     schema_json,
 )
 
@@ -256,8 +257,10 @@ class LocalLLM:
                         break
                 if hasattr(stream, "close"):
                     stream.close()
-        except Exception as exc:  # llama.cpp raises ValueError/RuntimeError (context overflow, decode failure)
-            self._record(purpose, mode, 0, 0, start, str(exc))
+        except (
+            Exception
+        ) as exc:  # llama.cpp raises ValueError/RuntimeError (context overflow, decode failure)
+            record_call(self, purpose, mode, 0, 0, start, str(exc))
             raise LLMError(f"local model {self.model} failed on {purpose!r}: {exc}") from exc
         if cut:
             log.warning("%s: answer cut after %.0f s (AUTOSCOPE_LLM_TIMEOUT_S)", purpose, self.timeout_s)
@@ -265,31 +268,8 @@ class LocalLLM:
             log.warning(
                 "%s: answer cut at max_tokens=%d (AUTOSCOPE_LLM_MAX_TOKENS)", purpose, self.max_tokens
             )
-        self._record(purpose, mode, prompt_tokens, completion, start, None)
+        record_call(self, purpose, mode, prompt_tokens, completion, start, None)
         return text
-
-    def _record(
-        self,
-        purpose: str,
-        mode: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        start: float,
-        error: str | None,
-    ) -> None:
-        self.calls.append(
-            LLMCall(
-                purpose=purpose,
-                backend=self.backend,
-                model=self.model,
-                mode=mode,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                latency_s=time.perf_counter() - start,
-                ok=error is None,
-                error=error,
-            )
-        )
 
 
 def _count_prompt(llama: Any, messages: list[Message], estimate: int) -> int:

@@ -21,6 +21,7 @@ from autoscope.agents.llm.base import (
     Message,
     estimate_tokens,
     prompt_text,
+    record_call,
     schema_json,
     with_schema_instruction,
 )
@@ -127,18 +128,18 @@ class OpenAILLM:
                 **kwargs,
             )
         except self._openai.APITimeoutError as exc:
-            self._record(purpose, mode, 0, 0, start, f"timeout after {self.timeout_s} s")
+            record_call(self, purpose, mode, 0, 0, start, f"timeout after {self.timeout_s} s")
             raise LLMError(
                 f"{self.base_url} did not answer within {self.timeout_s} s (AUTOSCOPE_LLM_TIMEOUT_S)"
             ) from exc
         except self._openai.APIConnectionError as exc:
-            self._record(purpose, mode, 0, 0, start, f"cannot connect: {exc}")
+            record_call(self, purpose, mode, 0, 0, start, f"cannot connect: {exc}")
             raise LLMError(
                 f"cannot reach the OpenAI-compatible endpoint at {self.base_url} ({exc}); check "
                 "AUTOSCOPE_OPENAI_BASE_URL and that the server is running"
             ) from exc
         except self._openai.APIStatusError as exc:
-            self._record(purpose, mode, 0, 0, start, f"HTTP {exc.status_code}: {_message(exc)}")
+            record_call(self, purpose, mode, 0, 0, start, f"HTTP {exc.status_code}: {_message(exc)}")
             raise
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content if choice is not None else None) or ""
@@ -151,31 +152,8 @@ class OpenAILLM:
         completion = (
             used.completion_tokens if used and used.completion_tokens is not None else estimate_tokens(text)
         )
-        self._record(purpose, mode, prompt_tokens, completion, start, None)
+        record_call(self, purpose, mode, prompt_tokens, completion, start, None)
         return text
-
-    def _record(
-        self,
-        purpose: str,
-        mode: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        start: float,
-        error: str | None,
-    ) -> None:
-        self.calls.append(
-            LLMCall(
-                purpose=purpose,
-                backend=self.backend,
-                model=self.model,
-                mode=mode,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                latency_s=time.perf_counter() - start,
-                ok=error is None,
-                error=error,
-            )
-        )
 
     def _status_error(self, exc: Any) -> LLMError:
         status = exc.status_code

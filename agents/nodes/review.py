@@ -19,6 +19,13 @@ def _limits(ctx: RunContext) -> dict[str, float]:
     return {k: float(v) for k, v in ctx.microscope.limits.model_dump().items()}
 
 
+def _edited_plan(plan: dict, resp: GateResponse, h: Hypothesis, ctx: RunContext) -> GraphState:
+    """The plan with a person's edit applied, validated and checked again; its dry run is redone."""
+    edited = Plan.model_validate({**plan, **(resp.edit or {}), "hypothesis_id": h.id})
+    check_plan(edited, h, ctx.microscope.capabilities())
+    return {"plan": edited.model_dump(mode="json"), "dry_run": None}
+
+
 def _record(ctx: RunContext, decision) -> None:
     ctx.store.append_event("decision", **decision.model_dump())
 
@@ -52,7 +59,6 @@ def plan_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunCon
     ctx = runtime.context
     p = state["plan"]
     h = Hypothesis.model_validate(state["hypothesis"])
-    caps = ctx.microscope.capabilities()
     dry = DryRun.model_validate(state["dry_run"])
     req = GateRequest(
         gate="plan",
@@ -64,11 +70,7 @@ def plan_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunCon
     )
 
     def validate(resp: GateResponse) -> GraphState:
-        if resp.action != "edit":
-            return {}
-        edited = Plan.model_validate({**p, **(resp.edit or {}), "hypothesis_id": h.id})
-        check_plan(edited, h, caps)
-        return {"plan": edited.model_dump(mode="json"), "dry_run": None}
+        return _edited_plan(p, resp, h, ctx) if resp.action == "edit" else {}
 
     resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
     ctx.gate_answered()
@@ -97,9 +99,7 @@ def intervention_gate(state: GraphState, config: RunnableConfig, runtime: Runtim
         if resp.action == "approve" and kind != "safety_stop":
             return {"acknowledged": sorted({*state.get("acknowledged", []), kind})}
         if resp.action == "edit":
-            edited = Plan.model_validate({**p, **(resp.edit or {}), "hypothesis_id": h.id})
-            check_plan(edited, h, ctx.microscope.capabilities())
-            return {"plan": edited.model_dump(mode="json"), "dry_run": None}
+            return _edited_plan(p, resp, h, ctx)
         return {}
 
     resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
