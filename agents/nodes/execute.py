@@ -12,6 +12,7 @@ import logging
 from langgraph.runtime import Runtime
 
 from autoscope.agents.context import RunContext
+from autoscope.agents.nodes.plan import run_survey_step
 from autoscope.agents.state import GraphState
 from autoscope.instruments.errors import SafetyLimitExceeded
 from autoscope.tools.plan import Hypothesis, Plan
@@ -25,13 +26,7 @@ def execute(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     h = Hypothesis.model_validate(state["hypothesis"])
     p = Plan.model_validate(state["plan"])
     s = state["survey"]
-    same_survey = p.survey.model_dump() == {
-        "kind": "survey",
-        "fov_nm": s["fov_nm"],
-        "pixels": s["pixels"],
-        "dwell_s": s["dwell_s"],
-        "current_pA": s["current_pA"],
-    }
+    same_survey = p.survey == run_survey_step(state)
     ctx.status(f"execute {h.id}: {p.summary()}")
     ctx.stop_requested.clear()
     try:
