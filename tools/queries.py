@@ -14,6 +14,21 @@ from autoscope.tools.plan import Hypothesis
 from autoscope.tools.store import RunStore
 
 
+def signal_values(store: RunStore, h: Hypothesis) -> list[tuple[str, float, float, float]]:
+    """(step id, signal, x_nm, y_nm) of every spectrum measured for ``h``, read back from the store;
+    non-finite values are left out."""
+    out = []
+    seen: set[str] = set()
+    for e in _spectra(store):
+        sid = e["step_id"]
+        if sid.startswith(f"{h.id}-") and sid not in seen:
+            seen.add(sid)
+            y = float(h.signal(store.load(sid)))
+            if np.isfinite(y):
+                out.append((sid, y, float(e["x_nm"]), float(e["y_nm"])))
+    return out
+
+
 def _spectra(store: RunStore) -> list[dict]:
     return [e for e in store.events("acquisition") if e.get("record") == "spectrum"]
 
@@ -40,16 +55,9 @@ def best(store: RunStore, n: int = 5, **_: object) -> str:
     hyps = _hypotheses(store)
     if not hyps:
         return "No hypothesis yet, so no signal to rank spectra by."
-    spectra = _spectra(store)
     for h in hyps:
-        rows = []
-        for e in spectra:
-            if e["step_id"].startswith(f"{h.id}-"):
-                y = float(h.signal(store.load(e["step_id"])))
-                if np.isfinite(y):
-                    rows.append((y, e["step_id"], e["x_nm"], e["y_nm"]))
+        rows = sorted(((y, sid, x, yy) for sid, y, x, yy in signal_values(store, h)), reverse=True)
         if rows:
-            rows.sort(reverse=True)
             lines = [f"Strongest {h.signal.describe()} of {h.id} ({len(rows)} spectra):"]
             lines += [
                 f"  {sid}: {y:.4g} at ({x:.1f}, {yy:.1f}) nm" for y, sid, x, yy in rows[: max(1, int(n))]

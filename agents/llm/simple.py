@@ -7,7 +7,15 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from autoscope.agents.llm.base import LLMCall, LLMError, LLMUnavailable, Message, estimate_tokens, prompt_text
+from autoscope.agents.llm.base import (
+    LLMCall,
+    LLMError,
+    LLMUnavailable,
+    Message,
+    estimate_tokens,
+    prompt_text,
+    record_call,
+)
 
 ScriptEntry = str | Callable[[list[Message]], str]
 
@@ -52,25 +60,10 @@ class ScriptedLLM:
                 f"scripted LLM has no answer left for {purpose!r} "
                 f"(its script had {len(self._script)} answer(s), all used)"
             )
-            self.calls.append(self._call(purpose, prompt_tokens, 0, start, ok=False, error=error))
+            record_call(self, purpose, "scripted", prompt_tokens, 0, start, error)
             raise LLMError(error)
         entry = self._script[self._next]
         self._next += 1
         answer = entry(messages) if callable(entry) else entry
-        self.calls.append(self._call(purpose, prompt_tokens, estimate_tokens(answer), start, ok=True))
+        record_call(self, purpose, "scripted", prompt_tokens, estimate_tokens(answer), start)
         return answer
-
-    def _call(
-        self, purpose: str, prompt_tokens: int, completion_tokens: int, start: float, *, ok: bool, error=None
-    ) -> LLMCall:
-        return LLMCall(
-            purpose=purpose,
-            backend=self.backend,
-            model=self.model,
-            mode="scripted",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_s=time.perf_counter() - start,
-            ok=ok,
-            error=error,
-        )

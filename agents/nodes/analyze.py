@@ -21,6 +21,7 @@ from autoscope.agents.state import GraphState
 from autoscope.theory.compare import EDGE_TABLE, check_edge_energy
 from autoscope.tools.plan import Hypothesis
 from autoscope.tools.plan_engine import RoundResult
+from autoscope.tools.queries import signal_values
 from autoscope.tools.survey import IMAGE_STEP
 
 log = logging.getLogger(__name__)
@@ -40,19 +41,9 @@ class Verdict(BaseModel):
     author: str = "analysis (computed)"
 
 
-def measured_values(ctx: RunContext, h: Hypothesis, result: RoundResult) -> list[tuple[str, float]]:
+def measured_values(ctx: RunContext, h: Hypothesis) -> list[tuple[str, float]]:
     """(step id, signal) of every spectrum of the round, read back from the store."""
-    steps = [
-        e["step_id"]
-        for e in ctx.store.events("acquisition")
-        if e["step_id"].startswith(result.prefix) and e.get("record") == "spectrum"
-    ]
-    out = []
-    for sid in dict.fromkeys(steps):
-        y = float(h.signal(ctx.store.load(sid)))
-        if np.isfinite(y):
-            out.append((sid, y))
-    return out
+    return [(sid, y) for sid, y, _, _ in signal_values(ctx.store, h)]
 
 
 def judge(
@@ -130,7 +121,7 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     h = Hypothesis.model_validate(state["hypothesis"])
     result = RoundResult.model_validate(state["result"])
     ctx.status(f"analyze {h.id}")
-    values = measured_values(ctx, h, result)
+    values = measured_values(ctx, h)
     ys = np.array([y for _, y in values])
     outcome, stat, value, threshold = judge(h, ys)
     evidence = [
