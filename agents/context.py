@@ -17,7 +17,11 @@ from autoscope.agents.llm import LLM, LLMCall
 from autoscope.agents.run_spec import RunSpec
 from autoscope.instruments.safety import SafeMicroscope
 from autoscope.tools.campaign import StepInfo
+from autoscope.tools.grounding.model import SurveyMap
 from autoscope.tools.store import RunStore
+
+#: the survey map's artifact in the run directory (written by the survey node)
+SURVEY_MAP = "survey_map.json"
 
 
 @dataclass
@@ -36,6 +40,16 @@ class RunContext:
     stop_reason: str = "interrupted by the scientist"
     on_step: Callable[[StepInfo], None] | None = None
     on_status: Callable[[str], None] | None = None
+    _survey_map: SurveyMap | None = None
+
+    def survey_map(self) -> SurveyMap:
+        """The run's survey map, read once from the run directory."""
+        if self._survey_map is None:
+            text = self.store.read_artifact(SURVEY_MAP)
+            if text is None:
+                raise RuntimeError(f"{self.run_dir} has no {SURVEY_MAP}: the survey has not run")
+            self._survey_map = SurveyMap.model_validate_json(text)
+        return self._survey_map
 
     def gate_policy(self) -> AutonomyPolicy:
         return self.policy_until_answer or self.policy

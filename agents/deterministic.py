@@ -1,82 +1,266 @@
-"""The deterministic planner: hypotheses and plans without an LLM, and it says so.
+"""The deterministic planner: hypotheses and plans from the survey map, without an LLM, and it says so.
 
-It is the ``--llm none`` backend and the fallback when an LLM's answer cannot be
-repaired. Round 1 tests the campaign template's signal as localized at structural
-features; round 2 is a control: the same kind of signal in a band of the same width
-where the template does not look, predicted uniform; later rounds re-test the primary
-signal with a descriptor of half the patch size. Plans reuse the run's survey and
-split the remaining budget over the remaining rounds.
+It is the ``--llm none`` backend and the fallback when an LLM's answer cannot be repaired.
+Hypotheses come from the grounding, never from a fixed list: the goal's signal (the
+campaign template's scalarizer) tested at the feature class where the survey spectra show
+it strongest, a falsifiable control at the class where they show it weakest, each peak
+or edge found in the survey spectra at the class it appeared on, and trends with the
+structure (a rod dipole against aspect ratio, an onset against the distance to an
+interface). Z-contrast orders the lattice classes: a light element's edge is looked for
+first at the columns that are dimmer than their sublattice. A hypothesis already tested
+in the run is never proposed again. Plans reuse the run's survey, give the verdict an
+audit (or site spectra) over the hypothesis' classes and the rest of the round's share to
+the active scan that maps the signal.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+from pymatgen.core import Element
+
 from autoscope.agents.run_spec import RunSpec
 from autoscope.instruments.records import Capabilities
+from autoscope.theory.compare import EDGE_TABLE
+from autoscope.tools.grounding.classes import KEY_CLASSES, SITE_CLASSES
+from autoscope.tools.grounding.model import SurveyMap
+from autoscope.tools.ml.scalarizers import BandIntensity, EdgeOnset, PeakPosition
 from autoscope.tools.plan import (
     ActiveScanStep,
+    AuditStep,
     Hypothesis,
     InterventionRule,
     Plan,
-    Prediction,
     SeedStep,
+    SitesStep,
     StopCondition,
     SurveyStep,
+    verdict_strata,
 )
+from autoscope.tools.predictions import Contrast, LocalizedAt, Shift, Trend, Uniform
 
 AUTHOR = "deterministic planner (no LLM)"
+#: share of a round's spectra that the verdict's audit or site steps get (the rest maps the signal)
+AUDIT_SHARE = 0.5
+MIN_PER_CLASS = 6
 
 
-def _control_band(signal, lo_w: float, hi_w: float):
-    """The signal moved to a band of the same width that it does not cover, inside the window."""
+def _survey_signal(smap: SurveyMap, spectra, signal) -> dict[str, float]:
+    """The signal of each survey spectrum, by the class it sits on (mean when several)."""
+    out: dict[str, list[float]] = {}
+    for s, rec in zip(smap.spectra, spectra, strict=False):
+        try:
+            y = float(signal(rec))
+        except ValueError:
+            continue
+        if math.isfinite(y):
+            out.setdefault(s.cls, []).append(y)
+    return {c: float(np.mean(v)) for c, v in out.items()}
+
+
+def _edge_element(signal) -> str | None:
     s = signal.model_dump()
     lo, hi = s.get("lo_eV"), s.get("hi_eV")
-    if lo is None or hi is None:
-        return None
-    width = hi - lo
-    floor = max(lo_w, float(s.get("pre_hi_eV") or lo_w))
-    start = hi + width if hi + 2 * width <= hi_w else floor
-    if start + width > hi_w or (start < hi and start + width > lo):
-        return None
-    return type(signal).model_validate({**s, "lo_eV": start, "hi_eV": start + width})
+    refs = [r for r in EDGE_TABLE if lo is not None and lo - 5 <= r.onset_eV <= hi]
+    return refs[0].element if refs else None
 
 
-def hypothesis(spec: RunSpec, round_no: int, feedback: str | None = None) -> Hypothesis:
-    """The ``round_no``-th (1-based) hypothesis of the deterministic planner."""
-    tpl = spec.template
-    sig, patch = tpl.scalarizer, tpl.patch
-    energy = sig.kind in ("peak_position", "edge_onset")
-    note = f" (after: {feedback})" if feedback else ""
-    control = _control_band(sig, tpl.energy_min_eV, tpl.energy_max_eV) if round_no == 2 else None
-    if control is not None:
-        return Hypothesis(
-            id=f"H{round_no}",
-            statement=f"Control: {control.describe()} shows no structure-related hot spots{note}.",
-            signal=control,
-            patch=patch,
-            expected="the signal varies little across the field",
-            refuted_if="a few positions carry several times the median signal",
-            prediction=Prediction(pattern="uniform", contrast=3.0, shift_eV=0.5),
-            author=AUTHOR,
-        )
-    if round_no >= 2:
-        patch = patch.model_copy(update={"window_px": max(4, patch.window_px // 2)})
+def _hyp(statement: str, signal, prediction, patch, expected: str, refuted_if: str) -> Hypothesis:
     return Hypothesis(
-        id=f"H{round_no}",
-        statement=(
-            f"{sig.describe()} is localized at particular structural features, which a "
-            f"{patch.window_px}-pixel patch descriptor predicts{note}."
-        ),
-        signal=sig,
+        statement=statement,
+        signal=signal,
         patch=patch,
-        expected=(
-            "the signal's spread across positions exceeds its noise by far"
-            if energy
-            else "a few positions carry several times the median signal"
-        ),
-        refuted_if="the signal is as uniform as the noise allows",
-        prediction=Prediction(pattern="localized", contrast=3.0, shift_eV=0.5),
+        expected=expected,
+        refuted_if=refuted_if,
+        prediction=prediction,
         author=AUTHOR,
     )
+
+
+def candidates(spec: RunSpec, smap: SurveyMap, present: dict[str, int], survey_spectra) -> list[Hypothesis]:
+    """Every hypothesis the map supports, best-grounded first."""
+    tpl = spec.template
+    sig, patch = tpl.scalarizer, tpl.patch
+    seen = _survey_signal(smap, survey_spectra, sig)
+    out: list[Hypothesis] = []
+    keys = [c for c in ("rod_tip", "triangle_corner", "cube_corner") if present.get(c, 0) >= 2]
+    if keys and present.get("substrate"):
+        ref = seen.get("substrate")
+        score = {c: (seen.get(c, 0.0) / ref if ref and ref > 0 else seen.get(c, 0.0)) for c in keys}
+        order = sorted(keys, key=lambda c: -score[c])
+        best, worst = order[0], order[-1]
+        out.append(
+            _hyp(
+                f"{sig.describe()} is localized at {best}: at least twice as strong as on the substrate",
+                sig,
+                LocalizedAt(at=best, versus="substrate", min_ratio=2.0),
+                patch,
+                f"the signal at {best} is several times that on the substrate",
+                f"the signal at {best} is less than twice that on the substrate",
+            )
+        )
+        if worst != best:
+            out.append(
+                _hyp(
+                    f"Control: {sig.describe()} at {worst} is no stronger than on the substrate (within 2×)",
+                    sig,
+                    Uniform(over=[worst, "substrate"], max_ratio=2.0),
+                    patch,
+                    f"{worst} and the substrate carry the same signal within a factor 2",
+                    f"{worst} carries more than twice (or less than half) the substrate's signal",
+                )
+            )
+        for s in smap.spectra:
+            if s.cls not in keys:
+                continue
+            for pk in s.peaks:
+                if 0.5 < pk.energy_eV < 3.5 and not (
+                    sig.model_dump().get("lo_eV", 0) <= pk.energy_eV <= sig.model_dump().get("hi_eV", 0)
+                ):
+                    band = BandIntensity(
+                        lo_eV=round(pk.energy_eV - 0.25, 2), hi_eV=round(pk.energy_eV + 0.25, 2)
+                    )
+                    out.append(
+                        _hyp(
+                            f"The {pk.energy_eV:.2f} eV mode seen at {s.cls} is localized there: {band.describe()} "
+                            "at least twice as strong as on the substrate",
+                            band,
+                            LocalizedAt(at=s.cls, versus="substrate", min_ratio=2.0),
+                            patch,
+                            f"the band is several times stronger at {s.cls}",
+                            f"the band at {s.cls} is less than twice the substrate's",
+                        )
+                    )
+        rods = [p for p in smap.particles if p.shape == "rod"]
+        if len(rods) >= 4:
+            peak = PeakPosition(lo_eV=0.9, hi_eV=3.0, smooth_eV=0.08)
+            out.append(
+                _hyp(
+                    "The rod dipole red-shifts with aspect ratio (Gans): the strongest low-loss peak at rod tips "
+                    "falls in energy as the rods get longer for their width",
+                    peak,
+                    Trend(over="rod_tip", covariate="aspect_ratio", sign="decreasing", law="gans_rod_dipole"),
+                    patch,
+                    "the tip peak energy decreases with aspect ratio",
+                    "the tip peak energy does not decrease with aspect ratio",
+                )
+            )
+    if smap.lattice is not None:
+        element = _edge_element(sig)
+        light = element is not None and Element(element).Z <= 10
+        defect = ["dim_site_dimmer", "dim_site_brighter", "bright_site_brighter"]
+        if not light:
+            defect = defect[::-1]
+        defect = [c for c in defect if present.get(c, 0) >= 2]
+        regular = {
+            "dim_site_dimmer": "sublattice_dim",
+            "dim_site_brighter": "sublattice_dim",
+            "bright_site_brighter": "sublattice_bright",
+        }
+        for i, c in enumerate(defect):
+            what = f"{element} " if element else ""
+            out.append(
+                _hyp(
+                    f"{what}{sig.describe()} is localized at the {c} columns: at least twice that of the regular "
+                    f"{regular[c]} columns",
+                    sig,
+                    LocalizedAt(at=c, versus=regular[c], min_ratio=2.0),
+                    patch,
+                    f"the {c} sites carry the signal, the regular columns not",
+                    f"the {c} sites carry less than twice the regular columns' signal",
+                )
+            )
+            if i == 0 and present.get("sublattice_bright") and present.get("sublattice_dim"):
+                out.append(
+                    _hyp(
+                        f"Control: {sig.describe()} is the same on the regular columns of both sublattices (within 2×)",
+                        sig,
+                        Uniform(over=["sublattice_bright", "sublattice_dim"], max_ratio=2.0),
+                        patch,
+                        "regular columns carry no more of it on one sublattice than the other",
+                        "one sublattice's regular columns carry more than twice the other's",
+                    )
+                )
+    if smap.interface is not None and present.get("bright_side") and present.get("dim_side"):
+        onset = sig if isinstance(sig, EdgeOnset) else None
+        if onset is not None:
+            onset = onset.model_copy(
+                update={"fraction": 0.1}
+            )  # the conventional onset: 10 % of the edge maximum
+            vals = _survey_signal(smap, survey_spectra, onset)
+            up = vals.get("dim_side", 0.0) >= vals.get("bright_side", 0.0)
+            out.append(
+                _hyp(
+                    f"The {onset.describe()} shifts {'up' if up else 'down'} by at least 0.5 eV from the bright to "
+                    "the dim side of the interface (a change of valence across it)",
+                    onset,
+                    Shift(a="bright_side", b="dim_side", direction="up" if up else "down", min_shift_eV=0.5),
+                    patch,
+                    "the onset differs by more than 0.5 eV between the sides",
+                    "the onset differs by less than 0.5 eV between the sides",
+                )
+            )
+            if present.get("interface"):
+                out.append(
+                    _hyp(
+                        "Across the interface band the onset rises steadily toward the dim side",
+                        onset,
+                        Trend(
+                            over="interface",
+                            covariate="distance_to_interface_nm",
+                            sign="increasing" if up else "decreasing",
+                        ),
+                        patch,
+                        "the onset is monotone in the distance to the interface",
+                        "the onset does not change monotonically across the interface",
+                    )
+                )
+            out.append(
+                _hyp(
+                    "Control: the onset is the same on both sides of the interface (within 0.3 eV)",
+                    onset,
+                    Uniform(over=["bright_side", "dim_side"], max_shift_eV=0.3),
+                    patch,
+                    "no shift across the interface",
+                    "a shift of more than 0.3 eV across the interface",
+                )
+            )
+        else:
+            out.append(
+                _hyp(
+                    f"{sig.describe()} differs across the interface: 1.5× higher on the bright side",
+                    sig,
+                    Contrast(a="bright_side", b="dim_side", direction="higher", min_ratio=1.5),
+                    patch,
+                    "the bright side carries more of the signal",
+                    "the sides carry the same signal within 1.5×",
+                )
+            )
+    return out
+
+
+def key(h: Hypothesis) -> str:
+    """What makes two hypotheses the same test: the signal and the prediction."""
+    return h.signal.model_dump_json() + h.prediction.model_dump_json()
+
+
+def hypothesis(
+    spec: RunSpec,
+    smap: SurveyMap,
+    present: dict[str, int],
+    survey_spectra,
+    round_no: int,
+    tested: list[Hypothesis] = (),
+    feedback: str | None = None,
+) -> Hypothesis | None:
+    """The next hypothesis the map supports that the run has not tested; None when none is left."""
+    done = {key(h) for h in tested}
+    for h in candidates(spec, smap, present, survey_spectra):
+        if key(h) not in done:
+            note = f" (after: {feedback})" if feedback else ""
+            return h.model_copy(update={"id": f"H{round_no}", "statement": h.statement + note})
+    return None
 
 
 def plan(
@@ -87,32 +271,81 @@ def plan(
     *,
     budget_left: int,
     rounds_left: int,
+    present: dict[str, int] | None = None,
     feedback: str | None = None,
 ) -> Plan:
-    """A plan for ``h``: the run's survey, seeds, the template's active scan, monitors, a stop rule."""
+    """A plan for ``h``: the run's survey, unbiased spectra for the verdict, an active scan, monitors."""
     tpl = spec.template
+    present = present or {}
     budget = max(1, budget_left // max(rounds_left, 1))
-    seeds = max(1, min(tpl.seed_points, budget // 4))
-    drift_every = tpl.drift_check_every
-    steps = [
-        survey,
-        SeedStep(points=seeds),
-        ActiveScanStep(
-            model=tpl.method,
-            acquisition=tpl.acquisition,
-            budget=budget,
-            stride_px=tpl.stride_px,
-            spectrum_dwell_s=tpl.spectrum_dwell_s,
-            energy_min_eV=max(tpl.energy_min_eV, caps.energy_min_eV),
-            energy_max_eV=min(tpl.energy_max_eV, caps.energy_max_eV),
-            y_transform=tpl.y_transform if h.signal.kind == tpl.scalarizer.kind else "none",
-        ),
-        InterventionRule(monitor="drift", action="ask", check_every=drift_every),
+    lo, hi = _window(h, tpl, caps)
+    strata = [c for c in verdict_strata(h)]
+    if isinstance(h.prediction, LocalizedAt) and h.prediction.versus == "substrate":
+        # the goal's answer needs every shape's key class against the substrate: audit them all
+        strata += [c for c in KEY_CLASSES if present.get(c, 0) >= 2 and c not in strata]
+    site_strata = [
+        c for c in strata if c in SITE_CLASSES or isinstance(h.prediction, Trend) and c in KEY_CLASSES
+    ]
+    audit_strata = [c for c in strata if c not in site_strata]
+    share = max(int(budget * AUDIT_SHARE), MIN_PER_CLASS * max(len(strata), 1))
+    share = min(share, budget)
+    steps: list = [survey]
+    per = max(2, share // max(len(strata), 1))
+    for c in site_strata:  # the engine measures fewer when the class has fewer sites
+        steps.append(
+            SitesStep(at=c, max_sites=per, dwell_s=tpl.spectrum_dwell_s, energy_min_eV=lo, energy_max_eV=hi)
+        )
+    if audit_strata:
+        steps.append(
+            AuditStep(
+                classes=audit_strata,
+                per_class=per,
+                spectrum_dwell_s=tpl.spectrum_dwell_s,
+                energy_min_eV=lo,
+                energy_max_eV=hi,
+            )
+        )
+    used = sum(s.spectra for s in steps[1:])  # an upper bound: the share of the verdict
+    scan = budget - used
+    if scan >= 4:
+        seeds = max(1, min(tpl.seed_points, scan // 4))
+        steps += [
+            SeedStep(points=seeds),
+            ActiveScanStep(
+                model=tpl.method,
+                acquisition=tpl.acquisition,
+                budget=scan,
+                stride_px=tpl.stride_px,
+                spectrum_dwell_s=tpl.spectrum_dwell_s,
+                energy_min_eV=lo,
+                energy_max_eV=hi,
+                y_transform=tpl.y_transform
+                if h.signal.kind == tpl.scalarizer.kind == "band_intensity"
+                else "none",
+            ),
+        ]
+    steps += [
+        InterventionRule(monitor="drift", action="ask", check_every=tpl.drift_check_every),
         InterventionRule(monitor="ood", action="ask"),
         InterventionRule(monitor="stuck", action="stop"),
         StopCondition(max_measurements=budget),
     ]
-    why = f"Test {h.id} with the template's {tpl.method} scan on {budget} of the {budget_left} spectra left"
+    why = (
+        f"Test {h.id} on {budget} of the {budget_left} spectra left: {used} unbiased spectra over "
+        f"{', '.join(strata)} for the verdict, the rest to map the signal with the template's {tpl.method} scan"
+    )
     if feedback:
         why += f"; revised after: {feedback}"
     return Plan(hypothesis_id=h.id, rationale=why + ".", steps=steps, author=AUTHOR)
+
+
+def _window(h: Hypothesis, tpl, caps: Capabilities) -> tuple[float, float]:
+    """The template's window when it covers the signal, else one around the signal's energies."""
+    s = h.signal.model_dump()
+    vals = [float(v) for k, v in s.items() if k.endswith(("lo_eV", "hi_eV")) and isinstance(v, int | float)]
+    lo, hi = max(tpl.energy_min_eV, caps.energy_min_eV), min(tpl.energy_max_eV, caps.energy_max_eV)
+    if vals and lo <= min(vals) and max(vals) <= hi:
+        return lo, hi
+    a, b = min(vals), max(vals)
+    pad = max(0.25 * (b - a), 5 * caps.dispersion_eV)
+    return max(caps.energy_min_eV, a - pad), min(caps.energy_max_eV, b + pad)

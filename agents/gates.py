@@ -26,7 +26,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoscope.agents.state import GateAction, GraphState
-from autoscope.tools.plan import DryRun
+from autoscope.tools.dry_run import DryRun
 
 GateName = Literal["hypothesis", "plan", "intervention", "analysis"]
 Actor = Literal["human", "agent", "policy"]

@@ -32,6 +32,11 @@ def more_rounds(state: GraphState) -> bool:
     )
 
 
+def after_hypothesize(state: GraphState) -> Literal["hypothesis_gate", "report"]:
+    """Nothing left to test (the planner found no untested hypothesis): the run reports."""
+    return "hypothesis_gate" if state.get("hypothesis") else "report"
+
+
 def after_hypothesis_gate(state: GraphState) -> Literal["plan", "hypothesize", "report"]:
     if state.get("last_gate") in ("approve", "edit"):
         return "plan"
@@ -90,7 +95,7 @@ def build_graph() -> StateGraph:
     g.add_node("report", report)
     g.add_edge(START, "survey")
     g.add_edge("survey", "hypothesize")
-    g.add_edge("hypothesize", "hypothesis_gate")
+    g.add_conditional_edges("hypothesize", after_hypothesize)
     g.add_conditional_edges("hypothesis_gate", after_hypothesis_gate)
     g.add_edge("plan", "dry_run")
     g.add_edge("dry_run", "plan_gate")

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from autoscope.agents.answer import goal_answer
 from autoscope.agents.state import GraphState
 from autoscope.tools.store import RunStore
 
@@ -72,8 +73,13 @@ def summary(
                 "statement": h["statement"],
                 "author": h.get("author", ""),
                 "plan_author": (r.get("plan") or {}).get("author"),
+                "prediction": h.get("prediction"),
                 "verdict": v.get("outcome", "untested"),
+                "estimate": v.get("estimate"),
+                "ci": [v.get("ci_low"), v.get("ci_high")] if v else None,
+                "readable": v.get("readable"),
                 "measurements": (r.get("result") or {}).get("measurements", 0),
+                "unbiased_spectra": v.get("measurements", 0),
             }
         )
     return {
@@ -87,6 +93,7 @@ def summary(
         "dose_e": dose_e,
         "dose_e_per_A2": dose_e / field_A2 if field_A2 else None,
         "hypotheses": hypotheses,
+        "answer": goal_answer(state.get("goal", ""), [r for r in _rounds(state) if r.get("verdict")]),
         "llm": llm,
         "fallbacks": list(state.get("fallbacks") or []),
         "decisions": list(state.get("decisions") or []),
@@ -120,18 +127,22 @@ def report_markdown(state: GraphState, summ: dict[str, Any]) -> str:
     survey = state.get("survey") or {}
     if survey.get("figure"):
         out += [f"![survey]({Path(survey['figure']).name})", ""]
+    if survey.get("summary"):
+        out += ["## Survey map", "", survey["summary"], ""]
+    if survey.get("map_figure"):
+        out += [f"![survey map]({Path(survey['map_figure']).name})", ""]
     for r in _rounds(state):
         h = r["hypothesis"]
         out += [f"## {h['id']}: {h['statement']}", "", f"- proposed by: {h.get('author', '')}"]
         out += [f"- expected: {h['expected']}", f"- refuted if: {h['refuted_if']}"]
-        out += [f"- prediction: {h['prediction']['pattern']} ({json.dumps(h['prediction'])})", ""]
+        out += [f"- prediction: {h['prediction']['kind']} ({json.dumps(h['prediction'])})", ""]
         if r.get("plan"):
             from autoscope.tools.plan import Plan
 
             p = Plan.model_validate(r["plan"])
             out += [f"**Plan** ({p.author}): {p.summary()}", "", f"> {p.rationale}", ""]
         if r.get("dry_run"):
-            from autoscope.tools.plan import DryRun
+            from autoscope.tools.dry_run import DryRun
 
             out += [f"**Dry run**: {DryRun.model_validate(r['dry_run']).summary()}", ""]
         res = r.get("result")
@@ -151,7 +162,25 @@ def report_markdown(state: GraphState, summ: dict[str, Any]) -> str:
         v = r.get("verdict")
         if v:
             out += [f"**Verdict: {v['outcome']}** ({v.get('author', '')})", ""]
+            if v.get("estimate") is not None:
+                out += [
+                    f"{v['statistic']} = {v['estimate']:.4g}, 95% interval [{v['ci_low']:.4g}, {v['ci_high']:.4g}]"
+                    + (f"; {v['readable']}" if v.get("readable") else ""),
+                    "",
+                ]
+            if v.get("by_class"):
+                out += ["| class | spectra | mean | 95% interval |", "|---|---|---|---|"]
+                for e in v["by_class"]:
+                    mean = "–" if e["mean"] is None else f"{e['mean']:.4g}"
+                    ci = "–" if e.get("ci_low") is None else f"[{e['ci_low']:.4g}, {e['ci_high']:.4g}]"
+                    out.append(f"| {e['cls']} | {e['n']} | {mean} | {ci} |")
+                out.append("")
             out += [f"- {e}" for e in v["evidence"]] + [""]
+            if v.get("figure"):
+                out += [f"![{h['id']} evidence]({Path(v['figure']).name})", ""]
+    answer = summ.get("answer") or {}
+    if answer.get("text"):
+        out += ["## Answer to the goal", "", f"> {state.get('goal', '')}", "", answer["text"], ""]
     if summ["decisions"]:
         out += [
             "## Decisions",

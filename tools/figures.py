@@ -123,3 +123,143 @@ def image_figure(
     if title:
         ax.set_title(title)
     return _save(fig, path, "", dpi=110)
+
+
+_CLASS_COLORS = {
+    "rod_tip": "#d62728",
+    "rod_side": "#ff9896",
+    "triangle_corner": "#1f77b4",
+    "triangle_edge": "#6baed6",
+    "triangle_face": "#c6dbef",
+    "cube_corner": "#2ca02c",
+    "cube_edge": "#74c476",
+    "cube_face": "#c7e9c0",
+    "other_particle": "#9467bd",
+    "substrate": "#7f7f7f",
+    "sublattice_bright": "#ffbb78",
+    "sublattice_dim": "#aec7e8",
+    "bright_site_brighter": "#d62728",
+    "dim_site_dimmer": "#1f77b4",
+    "dim_site_brighter": "#2ca02c",
+    "bright_side": "#ff7f0e",
+    "dim_side": "#17becf",
+    "interface": "#e377c2",
+}
+
+
+def _extent(image: ImageRecord) -> tuple[float, float, float, float]:
+    h = image.fov_nm / 2
+    return (image.center_x_nm - h, image.center_x_nm + h, image.center_y_nm + h, image.center_y_nm - h)
+
+
+def _draw_map(ax, image: ImageRecord, smap, grid_nm: np.ndarray) -> None:
+    """The survey image with the map's features outlined and its area classes as faint dots."""
+    ax.imshow(image.data, cmap="gray", extent=_extent(image))
+    if smap.particles or smap.interface is not None:
+        cls = smap.area_class(grid_nm)
+        for c in np.unique(cls):
+            if c in _CLASS_COLORS and c != "substrate":
+                sel = cls == c
+                ax.scatter(grid_nm[sel, 0], grid_nm[sel, 1], s=2, color=_CLASS_COLORS[c], alpha=0.5, label=c)
+    for p in smap.particles:
+        poly = np.asarray(p.outline_nm + p.outline_nm[:1])
+        ax.plot(poly[:, 0], poly[:, 1], color="yellow", lw=0.8)
+        ax.annotate(f"{p.shape[0].upper()}{p.id}", p.center_nm, color="yellow", fontsize=6, ha="center")
+    if smap.lattice is not None:
+        for c in (
+            "sublattice_bright",
+            "sublattice_dim",
+            "bright_site_brighter",
+            "dim_site_dimmer",
+            "dim_site_brighter",
+        ):
+            pts = smap.site_positions(c)
+            if len(pts):
+                big = not c.startswith("sublattice")
+                ax.scatter(
+                    pts[:, 0],
+                    pts[:, 1],
+                    s=18 if big else 3,
+                    facecolors="none" if big else _CLASS_COLORS[c],
+                    edgecolors=_CLASS_COLORS[c],
+                    lw=1.0,
+                    label=f"{c} ({len(pts)})",
+                )
+    if smap.interface is not None:
+        pts = np.asarray(smap.interface.points_nm)
+        ax.plot(pts[:, 0], pts[:, 1], color="#e377c2", lw=1.5)
+    for i, s in enumerate(smap.spectra):
+        ax.plot(s.x_nm, s.y_nm, "o", mfc="none", mec="white", ms=8, mew=1.5)
+        ax.annotate(
+            f"#{i}", (s.x_nm, s.y_nm), color="white", xytext=(5, 5), textcoords="offset points", fontsize=7
+        )
+    ax.set_xlabel("x (nm)")
+    ax.set_ylabel("y (nm)")
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize=6, markerscale=3, loc="upper right", framealpha=0.6)
+
+
+def map_figure(image: ImageRecord, smap, grid_nm: np.ndarray, path: Path, *, title: str = "") -> Path:
+    """The survey map: particles outlined with their shape, lattice sites by class, the interface,
+    and the survey spectra numbered as in the summary."""
+    fig, ax = plt.subplots(figsize=(7.5, 7))
+    _draw_map(ax, image, smap, np.asarray(grid_nm))
+    return _save(fig, path, title, dpi=110)
+
+
+def evidence_figure(
+    image: ImageRecord,
+    smap,
+    grid_nm: np.ndarray,
+    strata: dict[str, list],
+    verdict,
+    path: Path,
+    *,
+    signal_label: str,
+    features: list[tuple[float, float]] | None = None,
+    covariate: str = "",
+    title: str = "",
+) -> Path:
+    """The evidence of a verdict: where the unbiased spectra were taken (by class) on the map, the
+    signal by class with each mean's interval, and for a trend the features against the covariate."""
+    ncols = 3 if features else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 5.6))
+    _draw_map(axes[0], image, smap, np.asarray(grid_nm))
+    for k, (cls, vals) in enumerate(strata.items()):
+        xy = np.array([(v.x_nm, v.y_nm) for v in vals])
+        if len(xy):
+            axes[0].scatter(xy[:, 0], xy[:, 1], s=22, marker="x", color=f"C{k % 10}", label=f"{cls} spectra")
+    axes[0].legend(fontsize=6, loc="upper right", framealpha=0.6)
+    axes[0].set_title("unbiased spectra on the survey map")
+    ax = axes[1]
+    names = list(strata)
+    for k, cls in enumerate(names):
+        y = np.array([v.value for v in strata[cls]], dtype=float)
+        y = y[np.isfinite(y)]
+        jitter = (np.arange(len(y)) % 7 - 3) * 0.04
+        ax.scatter(np.full(len(y), k) + jitter, y, s=12, color=f"C{k % 10}", alpha=0.7)
+    for est in verdict.by_class:
+        if est.cls in names and est.mean is not None:
+            k = names.index(est.cls)
+            lo = est.ci_low if est.ci_low is not None else est.mean
+            hi = est.ci_high if est.ci_high is not None else est.mean
+            ax.errorbar(
+                [k + 0.25], [est.mean], yerr=[[est.mean - lo], [hi - est.mean]], fmt="s", color="k", capsize=4
+            )
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_ylabel(signal_label)
+    ax.set_title(f"{verdict.outcome}: {verdict.readable or verdict.statistic}"[:90], fontsize=9)
+    if features:
+        ax = axes[2]
+        x, y = np.array(features, dtype=float).T
+        ax.scatter(x, y, color="C0")
+        if len(x) >= 2 and np.ptp(x) > 0:
+            a, b = np.polyfit(x, y, 1)
+            xs = np.linspace(x.min(), x.max(), 50)
+            ax.plot(xs, a * xs + b, color="C3", lw=1, label=f"linear fit, slope {a:.3g}")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(covariate)
+        ax.set_ylabel(signal_label)
+        ax.set_title("trend over features")
+    return _save(fig, path, title, dpi=100)

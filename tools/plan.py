@@ -1,11 +1,12 @@
-"""The plan language: hypotheses and plans as typed data, and their dry run.
+"""The plan language: hypotheses and plans as typed data.
 
 A ``Hypothesis`` says what to measure (a scalarizer), with which structural descriptor
 (a patch), what the outcome should be and what would refute it, in a form the
-analysis can check (``Prediction``). A ``Plan`` is a list of typed, instrument-agnostic
-steps; ``autoscope plan-schema`` publishes its JSON schema. ``dry_run`` returns the
-dose, time and limit checks of a plan without touching the instrument; the engine
-that carries a plan out is ``tools/plan_engine.py``.
+analysis can check (a ``Prediction``, ``tools/predictions.py``, naming feature classes of
+the survey map). A ``Plan`` is a program of typed, instrument-agnostic steps;
+``autoscope plan-schema`` publishes its JSON schema. ``tools/dry_run.py`` walks a plan's
+steps for dose, time and limit checks without touching the instrument; the engine that
+carries a plan out is ``tools/plan_engine.py``.
 
 Nothing here runs text: a plan is data, validated field by field, and the safety
 limits below it hold whatever a plan says.
@@ -15,40 +16,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from autoscope.instruments.records import NM2_TO_A2, Capabilities, electrons
-from autoscope.instruments.safety import SafetyLimits
+from autoscope.instruments.records import Capabilities
+from autoscope.tools.grounding.classes import ClassName, members
+from autoscope.tools.grounding.model import SurveyMap
 from autoscope.tools.ml.acquisition import AcquisitionSpec
 from autoscope.tools.ml.base import MonitorKind
 from autoscope.tools.ml.descriptors import PatchSpec
 from autoscope.tools.ml.scalarizers import Scalarizer, require_kind
-
-#: instrument overhead assumed per acquisition and model time per active step (s), for the dry run
-OVERHEAD_PER_ACQUISITION_S = 0.05
-MODEL_STEP_S = 0.1
+from autoscope.tools.predictions import ENERGY_SIGNALS, LocalizedAt, Prediction
 
 
 class PlanValidationError(ValueError):
     """A hypothesis or plan that is well-formed but cannot be carried out here; the message says why."""
-
-
-class Prediction(BaseModel):
-    """What the analysis checks: is the signal concentrated at a few places, or uniform?
-
-    For an intensity-like signal (band intensity, peak ratio) the test is the ratio of the
-    90th percentile of the measured values to their median against ``contrast``; for an
-    energy-like signal (peak position, edge onset) it is the spread p90 − p10 against
-    ``shift_eV``. A background-subtracted intensity whose median is not positive is judged
-    by how far its 95th percentile lies above the median in robust standard deviations
-    (1.4826 · MAD), against the same ``contrast``. ``localized`` is supported at or above the threshold, ``uniform`` below.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    pattern: Literal["localized", "uniform"]
-    contrast: float = Field(3.0, gt=1.0, le=1000.0, description="p90/median ratio that decides")
-    shift_eV: float = Field(0.5, gt=0.0, le=100.0, description="p90 − p10 (eV) that decides")
 
 
 class Hypothesis(BaseModel):
@@ -66,8 +48,25 @@ class Hypothesis(BaseModel):
     patch: PatchSpec = Field(description="the structural descriptor the model learns from")
     expected: str = Field(min_length=3, description="the outcome if it holds")
     refuted_if: str = Field(min_length=3, description="the outcome that refutes it")
-    prediction: Prediction
+    prediction: Prediction = Field(
+        description="the checkable claim: where or how the signal behaves, and its threshold"
+    )
     author: str = Field("", description="who proposed it: an LLM model name or the deterministic planner")
+
+    @model_validator(mode="after")
+    def _signal_fits_prediction(self) -> Hypothesis:
+        kinds = self.prediction.signal_kinds()
+        if kinds is not None and self.signal.kind not in kinds:
+            raise ValueError(
+                f"prediction: a {self.prediction.kind} prediction needs a signal of kind "
+                f"{' or '.join(sorted(kinds))}, not {self.signal.kind}"
+            )
+        return self
+
+    @property
+    def energy_signal(self) -> bool:
+        """The signal is an energy (eV): a peak position or an edge onset."""
+        return self.signal.kind in ENERGY_SIGNALS
 
 
 # ------------------------------------------------------------------- plan steps
@@ -124,6 +123,56 @@ class SpectrumAtStep(BaseModel):
     reason: str = ""
 
 
+class AuditStep(BaseModel):
+    """A stratified random sample: ``per_class`` spectra drawn uniformly within each class.
+
+    What the verdict estimates class means from, free of the active learner's choices:
+    the positions are drawn (seeded) from each class's population in the survey map, not
+    from where a model expects signal. ``allocation="discriminating"`` measures a few per
+    class, then gives each next spectrum to the class that narrows the interval of the
+    hypothesis' effect most, and stops as soon as the interval decides (at most the same
+    total as ``equal``).
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
+    kind: Literal["audit"] = "audit"
+    classes: list[ClassName | Literal["elsewhere"]] = Field(
+        min_length=1, max_length=12, description="strata; 'elsewhere' = outside the hypothesis' class"
+    )
+    per_class: int = Field(10, ge=2, le=500, description="spectra per class (the most, when discriminating)")
+    allocation: Literal["equal", "discriminating"] = "equal"
+    spectrum_dwell_s: float = Field(gt=0, le=60.0)
+    energy_min_eV: float
+    energy_max_eV: float
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AuditStep:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes: each class once")
+        return self
+
+    @property
+    def spectra(self) -> int:
+        return self.per_class * len(self.classes)
+
+
+class SitesStep(BaseModel):
+    """Spectra with the probe on the sites of a class: lattice columns, or particle tips and corners."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
+    kind: Literal["sites"] = "sites"
+    at: ClassName = Field(description="a site class (lattice columns) or a key class (rod_tip, *_corner)")
+    max_sites: int = Field(40, ge=1, le=2000, description="sites measured at most (a seeded sample if more)")
+    repeats: int = Field(1, ge=1, le=20)
+    dwell_s: float = Field(gt=0, le=60.0)
+    energy_min_eV: float
+    energy_max_eV: float
+
+    @property
+    def spectra(self) -> int:
+        return self.max_sites * self.repeats
+
+
 class InterventionRule(BaseModel):
     """What a monitor event does: stop the scan, ask a person (the intervention gate), or log only."""
 
@@ -147,13 +196,28 @@ class StopCondition(BaseModel):
 
 
 Step = Annotated[
-    SurveyStep | SeedStep | ActiveScanStep | SpectrumAtStep | InterventionRule | StopCondition,
+    SurveyStep
+    | SeedStep
+    | ActiveScanStep
+    | AuditStep
+    | SitesStep
+    | SpectrumAtStep
+    | InterventionRule
+    | StopCondition,
     Field(discriminator="kind"),
 ]
+#: steps that acquire spectra, in the order the engine runs them
+ACQUIRING = ("active_scan", "audit", "sites", "spectrum_at")
 
 
 class Plan(BaseModel):
-    """A typed, instrument-agnostic experiment plan for one hypothesis."""
+    """A typed, instrument-agnostic experiment plan for one hypothesis: a program of steps.
+
+    The engine (``tools/plan_engine.py``) runs the acquiring steps in the order written
+    (survey first; a seed step seeds the active scan after it); intervention rules and the
+    stop condition are rules that hold for the whole plan wherever they are written. The
+    dry run walks the same steps.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -167,16 +231,18 @@ class Plan(BaseModel):
         kinds = [s.kind for s in self.steps]
         if kinds[0] != "survey" or kinds.count("survey") != 1:
             raise ValueError("a plan starts with exactly one survey step (and has no other)")
-        if kinds.count("active_scan") > 1:
-            raise ValueError("a plan has at most one active_scan step")
+        if kinds.count("active_scan") > 1 or kinds.count("audit") > 1:
+            raise ValueError("a plan has at most one active_scan step and one audit step")
         if kinds.count("seed") > 1 or kinds.count("stop_when") > 1:
             raise ValueError("a plan has at most one seed step and one stop_when step")
         if "seed" in kinds and (
             "active_scan" not in kinds or kinds.index("seed") > kinds.index("active_scan")
         ):
             raise ValueError("a seed step comes before the active_scan it seeds")
-        if "active_scan" not in kinds and "spectrum_at" not in kinds:
-            raise ValueError("a plan measures something: add an active_scan or a spectrum_at step")
+        if not any(k in ACQUIRING for k in kinds):
+            raise ValueError(
+                "a plan measures something: add an active_scan, audit, sites or spectrum_at step"
+            )
         monitors = [s.monitor for s in self.steps if isinstance(s, InterventionRule)]
         if len(monitors) != len(set(monitors)):
             raise ValueError("one intervention rule per monitor")
@@ -202,19 +268,40 @@ class Plan(BaseModel):
         return self._one(StopCondition)
 
     @property
+    def audit(self) -> AuditStep | None:
+        return self._one(AuditStep)
+
+    @property
     def spectra_at(self) -> list[SpectrumAtStep]:
         return [s for s in self.steps if isinstance(s, SpectrumAtStep)]
+
+    @property
+    def sites(self) -> list[SitesStep]:
+        return [s for s in self.steps if isinstance(s, SitesStep)]
 
     @property
     def interventions(self) -> list[InterventionRule]:
         return [s for s in self.steps if isinstance(s, InterventionRule)]
 
+    def step_spectra(self) -> list[int]:
+        """Spectra each step may acquire, in order (0 for non-acquiring steps), capped by the stop rule."""
+        cap = self.stop.max_measurements if self.stop and self.stop.max_measurements else None
+        out, total = [], 0
+        for s in self.steps:
+            n = {"active_scan": getattr(s, "budget", 0), "spectrum_at": 1}.get(
+                s.kind, getattr(s, "spectra", 0)
+            )
+            if not isinstance(n, int) or s.kind not in ACQUIRING:
+                n = 0
+            if cap is not None:
+                n = max(0, min(n, cap - total))
+            out.append(n)
+            total += n
+        return out
+
     def spectra(self) -> int:
-        """Spectra this plan may acquire (the active budget, capped by a stop condition, plus point spectra)."""
-        n = self.active.budget if self.active else 0
-        if self.stop and self.stop.max_measurements:
-            n = min(n, self.stop.max_measurements)
-        return n + len(self.spectra_at)
+        """Spectra this plan may acquire at most (every acquiring step, capped by the stop rule)."""
+        return sum(self.step_spectra())
 
     def summary(self) -> str:
         parts = []
@@ -225,6 +312,12 @@ class Plan(BaseModel):
                 parts.append(f"{s.points} seeds")
             elif isinstance(s, ActiveScanStep):
                 parts.append(f"{s.model}/{s.acquisition.kind} scan of {s.budget} spectra")
+            elif isinstance(s, AuditStep):
+                parts.append(
+                    f"audit of {s.per_class} spectra in each of {', '.join(s.classes)} ({s.allocation})"
+                )
+            elif isinstance(s, SitesStep):
+                parts.append(f"spectra on up to {s.max_sites} {s.at} sites ×{s.repeats}")
             elif isinstance(s, SpectrumAtStep):
                 parts.append(f"spectrum at ({s.x_nm:g}, {s.y_nm:g}) nm")
             elif isinstance(s, InterventionRule):
@@ -283,186 +376,59 @@ def check_plan(plan: Plan, h: Hypothesis, caps: Capabilities) -> None:
             )
     if plan.active and plan.seed and plan.seed.points >= plan.active.budget:
         raise PlanValidationError("seed.points: the seeds use the whole active_scan budget")
-
-
-# ------------------------------------------------------------------- dry run
-class Usage(BaseModel):
-    """What the run has already spent (from the run store), counted against the limits."""
-
-    dose_e: float = 0.0
-    acquisitions: int = 0
-    spectra: int = 0
-    time_s: float = 0.0
-    survey: SurveyStep | None = None  # the run's stored survey, reused when a plan matches it
-
-
-class LimitCheck(BaseModel):
-    limit: str
-    requested: float
-    maximum: float
-    ok: bool
-    message: str
-
-
-class DryRun(BaseModel):
-    """What a plan would cost, and whether it stays within the limits; nothing touched the instrument."""
-
-    spectra: int
-    images: int
-    dose_e: float
-    dose_e_per_A2: float = Field(description="this plan's dose averaged over its survey field")
-    peak_dose_e_per_A2: float = Field(description="survey dose plus one probe spot, per dose cell")
-    time_s: float
-    checks: list[LimitCheck]
-    survey_reused: bool
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    @property
-    def violations(self) -> list[LimitCheck]:
-        return [c for c in self.checks if not c.ok]
-
-    def summary(self) -> str:
-        head = (
-            f"{self.spectra} spectra, {self.images} image(s), dose {self.dose_e:.3g} e "
-            f"({self.dose_e_per_A2:.3g} e/Å² over the field, peak {self.peak_dose_e_per_A2:.3g}), "
-            f"~{self.time_s:.0f} s"
+    missing = [c for c in verdict_strata(h) if c not in measured_strata(plan)]
+    if missing:
+        raise PlanValidationError(
+            f"steps: no audit or sites step measures {', '.join(missing)}; the verdict on {h.id} "
+            "needs unbiased spectra there (add an audit step over its classes)"
         )
-        bad = "; ".join(c.message for c in self.violations)
-        return head + (f"; BEYOND LIMITS: {bad}" if bad else "; within limits")
 
 
-def _check(limit: str, requested: float, maximum: float, what: str) -> LimitCheck:
-    ok = requested <= maximum
-    verdict = "within" if ok else "exceeds"
-    return LimitCheck(
-        limit=limit,
-        requested=float(requested),
-        maximum=float(maximum),
-        ok=ok,
-        message=f"{what} {requested:.4g} {verdict} {limit} {maximum:.4g}",
-    )
+def verdict_strata(h: Hypothesis) -> list[str]:
+    """The classes the verdict on ``h`` needs spectra of ('elsewhere' for a default reference)."""
+    p = h.prediction
+    if isinstance(p, LocalizedAt):
+        return [p.at, p.versus]
+    return p.classes()
 
 
-def dry_run(
-    plan: Plan,
-    caps: Capabilities,
-    limits: SafetyLimits,
-    used: Usage,
-    *,
-    run_budget_left: int,
-    center_nm: tuple[float, float] = (0.0, 0.0),
-) -> DryRun:
-    """Dose, time and limit checks of ``plan`` after what the run has ``used``; touches nothing."""
-    sv = plan.survey
-    reused = used.survey is not None and used.survey == sv
-    images = 0 if reused else 1
-    image_e = 0.0 if reused else electrons(sv.current_pA, sv.dwell_s * sv.pixels**2)
-    spectra = plan.spectra()
-    scan, at = plan.active, plan.spectra_at
-    n_scan = spectra - len(at)
-    spectrum_e = (electrons(sv.current_pA, scan.spectrum_dwell_s) * n_scan if scan else 0.0) + sum(
-        electrons(sv.current_pA, s.dwell_s) for s in at
-    )
-    drift_checks = sum(
-        n_scan // r.check_every for r in plan.interventions if r.check_every and r.monitor in ("drift", "ood")
-    )
-    images += drift_checks
-    image_e += drift_checks * electrons(sv.current_pA, sv.dwell_s * sv.pixels**2)
-    dose_e = image_e + spectrum_e
-    field_A2 = sv.fov_nm**2 * NM2_TO_A2
-    survey_areal = electrons(sv.current_pA, sv.dwell_s * sv.pixels**2) / field_A2 * (1 + drift_checks)
-    dwell_max = max(([scan.spectrum_dwell_s] if scan else []) + [s.dwell_s for s in at], default=0.0)
-    spot = electrons(sv.current_pA, dwell_max) / (caps.probe_fwhm_nm**2 * NM2_TO_A2)
-    time_s = (
-        images * (sv.dwell_s * sv.pixels**2 + OVERHEAD_PER_ACQUISITION_S)
-        + (n_scan * (scan.spectrum_dwell_s + MODEL_STEP_S) if scan else 0.0)
-        + sum(s.dwell_s for s in at)
-        + spectra * OVERHEAD_PER_ACQUISITION_S
-    )
-    x, y = center_nm
-    h = sv.fov_nm / 2
-    checks = [
-        _check(
-            "max_current_pA",
-            sv.current_pA,
-            min(limits.max_current_pA, caps.current_max_pA),
-            "beam current (pA)",
-        ),
-        _check("max_total_dose_e", used.dose_e + dose_e, limits.max_total_dose_e, "run dose (e)"),
-        _check("max_dose_e_per_A2", survey_areal + spot, limits.max_dose_e_per_A2, "peak dose (e/Å²)"),
-        _check(
-            "max_acquisitions", used.acquisitions + images + spectra, limits.max_acquisitions, "acquisitions"
-        ),
-        _check("max_wall_time_s", used.time_s + time_s, limits.max_wall_time_s, "instrument time (s)"),
-        _check("run_budget", spectra, max(run_budget_left, 0), "spectra"),
-        _check("max_fov_nm", sv.fov_nm, caps.max_fov_nm, "field of view (nm)"),
-    ]
-    inside = (
-        limits.stage_x_min_nm <= x - h
-        and x + h <= limits.stage_x_max_nm
-        and limits.stage_y_min_nm <= y - h
-        and y + h <= limits.stage_y_max_nm
-    )
-    checks.append(
-        LimitCheck(
-            limit="stage_box",
-            requested=float(sv.fov_nm),
-            maximum=float(
-                min(
-                    limits.stage_x_max_nm - limits.stage_x_min_nm,
-                    limits.stage_y_max_nm - limits.stage_y_min_nm,
-                )
-            ),
-            ok=inside,
-            message=f"survey field around ({x:g}, {y:g}) nm {'inside' if inside else 'outside'} the stage box",
+def measured_strata(plan: Plan) -> set[str]:
+    """Classes a plan measures without the active learner's bias: audit strata and sites steps."""
+    out = set(plan.audit.classes) if plan.audit else set()
+    return out | {s.at for s in plan.sites}
+
+
+def check_grounded(h: Hypothesis, smap: SurveyMap, candidates_nm: np.ndarray) -> None:
+    """Refuse a hypothesis that names a class the survey does not show (the message lists those it does)."""
+    present = smap.classes_present(candidates_nm)
+    named = [c for c in h.prediction.classes() if c != "elsewhere"]
+    absent = [c for c in named if not any(m in present for m in members(c))]
+    if absent:
+        have = ", ".join(f"{k} ({v})" for k, v in present.items()) or "none"
+        raise PlanValidationError(
+            f"prediction: this survey shows no {', '.join(absent)}; classes present: {have}"
         )
-    )
-    for s in at:
-        ok = limits.stage_x_min_nm <= s.x_nm <= limits.stage_x_max_nm and (
-            limits.stage_y_min_nm <= s.y_nm <= limits.stage_y_max_nm
-        )
-        if not ok:
-            checks.append(
-                LimitCheck(
-                    limit="stage_box",
-                    requested=s.x_nm,
-                    maximum=limits.stage_x_max_nm,
-                    ok=False,
-                    message=f"spectrum at ({s.x_nm:g}, {s.y_nm:g}) nm is outside the stage box",
-                )
-            )
-    return DryRun(
-        spectra=spectra,
-        images=images,
-        dose_e=dose_e,
-        dose_e_per_A2=dose_e / field_A2,
-        peak_dose_e_per_A2=survey_areal + spot,
-        time_s=time_s,
-        checks=checks,
-        survey_reused=reused,
-    )
 
 
 __all__ = [
+    "ACQUIRING",
     "ActiveScanStep",
-    "DryRun",
+    "AuditStep",
     "Hypothesis",
     "InterventionRule",
-    "LimitCheck",
     "Plan",
     "PlanValidationError",
     "Prediction",
     "SeedStep",
+    "SitesStep",
     "SpectrumAtStep",
     "Step",
     "StopCondition",
     "SurveyStep",
-    "Usage",
+    "check_grounded",
     "check_hypothesis",
     "check_plan",
-    "dry_run",
+    "measured_strata",
     "plan_schema",
+    "verdict_strata",
 ]

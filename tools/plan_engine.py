@@ -1,30 +1,48 @@
 """The one engine that carries out a plan on a microscope, into the run store.
 
-A plan for hypothesis ``H2`` becomes a campaign whose steps are named ``H2-al-0000``,
-``H2-drift-000``, ``H2-at-00`` (and ``H2-survey-image`` when the plan asks for a
-survey other than the run's): every acquisition is an exactly-once store step, so a
-plan re-run after a crash reads its finished steps back and acquires only what is
-missing. Stop conditions and a person's interrupt end the scan cleanly after the
-current spectrum; monitor events stop it where the plan's intervention rules say so.
+It runs the plan's acquiring steps in the order written, each by its kind:
+
+- ``survey``: the run's stored survey is reused when the plan repeats it, else ``H2-survey-image``;
+- ``seed`` + ``active_scan``: the active-learning campaign (``H2-al-0000``…, repeated surveys
+  ``H2-drift-000``…), seeded by the seed step before it;
+- ``audit``: a stratified random sample of the survey map's classes (``H2-audit-0000``…), each
+  event tagged with its ``stratum``; equal allocation interleaves the strata, discriminating
+  allocation gives each next spectrum to the stratum that narrows the effect's interval most
+  and stops once the interval decides;
+- ``sites``: the probe on the sites of a class (``H2-site-0000``…), tagged with the stratum and
+  the feature (particle) a key point belongs to;
+- ``spectrum_at``: one spectrum at a position (``H2-at-00``…).
+
+Every acquisition is an exactly-once store step and every random draw is seeded, so a
+plan re-run after a crash reads its finished steps back and acquires only what is missing.
+The stop condition holds over the whole plan; a person's interrupt ends it after the
+current spectrum; monitor events stop the active scan where the plan's rules say so, and
+then nothing after it runs until a person lets the plan continue.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
 
 from autoscope.instruments.protocols import Microscope
-from autoscope.instruments.records import NM2_TO_A2, ImageRecord
+from autoscope.instruments.records import NM2_TO_A2, ImageRecord, SpectrumRecord
 from autoscope.tools.acquisition import Acquirer
 from autoscope.tools.campaign import Campaign, CampaignConfig, CampaignResult, CampaignStop, StepInfo
 from autoscope.tools.figures import campaign_figure
-from autoscope.tools.plan import Hypothesis, Plan
+from autoscope.tools.grounding import population_grid
+from autoscope.tools.grounding.classes import KEY_CLASSES, SHAPE_OF, SITE_CLASSES, members
+from autoscope.tools.grounding.model import SurveyMap
+from autoscope.tools.plan import ActiveScanStep, AuditStep, Hypothesis, Plan, SitesStep, SpectrumAtStep
+from autoscope.tools.predictions import LocalizedAt
 from autoscope.tools.store import RunStore
 from autoscope.tools.survey import IMAGE_STEP, SurveyPlan
+from autoscope.tools.verdicts import ENERGY_TRIM, SEQUENTIAL_LEVEL, judge, next_stratum
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +56,9 @@ class RoundResult(BaseModel):
     distinct: int
     dose_e: float
     dose_e_per_A2: float
-    y_median: float | None = None
-    y_p90: float | None = None
-    y_max: float | None = None
+    by_step: dict[str, int] = {}  # spectra per step kind
+    strata: dict[str, int] = {}  # audit and site spectra per class
+    audit_decided_early: bool = False
     best_step: str | None = None
     best_xy_nm: tuple[float, float] | None = None
     stopped_by: str | None = None  # a monitor kind, "stop_when: ...", "human: ..."
@@ -48,18 +66,15 @@ class RoundResult(BaseModel):
     figure: str | None = None
 
 
-def compile_campaign(plan: Plan, h: Hypothesis, seed: int) -> CampaignConfig:
-    """The campaign configuration of a plan (the active-learning loop under the plan's control)."""
+def compile_campaign(plan: Plan, h: Hypothesis, seed: int, budget: int | None = None) -> CampaignConfig:
+    """The campaign configuration of a plan's active scan (the loop under the plan's control)."""
     scan, sv = plan.active, plan.survey
     assert scan is not None
     stop_on = tuple(r.monitor for r in plan.interventions if r.action in ("stop", "ask"))
     every = [r.check_every for r in plan.interventions if r.monitor in ("drift", "ood") and r.check_every]
-    budget = scan.budget
-    if plan.stop and plan.stop.max_measurements:
-        budget = min(budget, plan.stop.max_measurements)
     return CampaignConfig(
         method=scan.model,
-        budget=budget,
+        budget=budget if budget is not None else scan.budget,
         seed_points=plan.seed.points if plan.seed else 8,
         seed=seed,
         survey=SurveyPlan(
@@ -85,6 +100,89 @@ def compile_campaign(plan: Plan, h: Hypothesis, seed: int) -> CampaignConfig:
     )
 
 
+def stratum_population(smap: SurveyMap, name: str, h: Hypothesis, survey: ImageRecord) -> np.ndarray:
+    """(n, 2) positions an audit stratum draws from; 'elsewhere' is the complement of the
+    hypothesis' class among points of the same kind (sites, or the population grid)."""
+    grid = population_grid(survey).xy_nm
+    if name != "elsewhere":
+        return smap.population(name, grid)
+    p = h.prediction
+    at = p.at if isinstance(p, LocalizedAt) else p.classes()[0]
+    inside = {tuple(v) for v in np.round(smap.population(at, grid), 6)}
+    if smap.lattice is not None and all(c in SITE_CLASSES for c in members(at)):
+        pts = np.array([(s.x_nm, s.y_nm) for s in smap.lattice.sites])
+    else:
+        pts = grid
+    keep = np.array([tuple(v) not in inside for v in np.round(pts, 6)], dtype=bool)
+    return pts[keep]
+
+
+def site_targets(smap: SurveyMap, name: str) -> list[tuple[tuple[float, float], int | None]]:
+    """(position, feature id) of the sites of a class: lattice sites, or the key points of particles."""
+    out: list[tuple[tuple[float, float], int | None]] = []
+    for cls in members(name):
+        if cls in KEY_CLASSES:
+            shape = SHAPE_OF[cls]
+            out += [(tuple(k), p.id) for p in smap.particles if p.shape == shape for k in p.key_points_nm]
+        else:
+            out += [((float(x), float(y)), None) for x, y in smap.site_positions(cls)]
+    return out
+
+
+@dataclass
+class _Run:
+    """The state of one plan's execution: counters and the stop rules."""
+
+    microscope: Microscope
+    store: RunStore
+    acq: Acquirer
+    plan: Plan
+    prefix: str
+    field_A2: float
+    t0: float
+    should_stop: Callable[[], str | None]
+    on_step: Callable[[StepInfo], None] | None
+    dose_e: float = 0.0
+    n: int = 0
+    by_step: dict[str, int] = field(default_factory=dict)
+    strata: dict[str, int] = field(default_factory=dict)
+
+    def observe(self, info: StepInfo, kind: str = "active_scan") -> None:
+        """Count a spectrum and apply the plan's stop rules (raises ``CampaignStop``)."""
+        self.dose_e += info.record.dose_e
+        self.n += 1
+        self.by_step[kind] = self.by_step.get(kind, 0) + 1
+        if self.on_step:
+            self.on_step(info)
+        reason = self.should_stop()
+        if reason:
+            raise CampaignStop(f"human: {reason}")
+        stop = self.plan.stop  # its max_measurements already caps every step's budget
+        if stop and stop.max_dose_e_per_A2 and self.dose_e / self.field_A2 >= stop.max_dose_e_per_A2:
+            raise CampaignStop(f"stop_when: field dose reached {stop.max_dose_e_per_A2:g} e/Å²")
+        if stop and stop.max_time_s and float(self.microscope.now_s()) - self.t0 >= stop.max_time_s:
+            raise CampaignStop(f"stop_when: {stop.max_time_s:g} s of instrument time")
+
+    def point(
+        self, step_id: str, kind: str, xy, dwell_s: float, lo: float, hi: float, **extra
+    ) -> SpectrumRecord:
+        reused = step_id in self.store.completed_steps()
+        rec = self.acq.spectrum(
+            step_id,
+            x_nm=float(xy[0]),
+            y_nm=float(xy[1]),
+            dwell_s=dwell_s,
+            energy_min_eV=lo,
+            energy_max_eV=hi,
+            **extra,
+        )
+        stratum = extra.get("stratum")
+        if stratum:
+            self.strata[stratum] = self.strata.get(stratum, 0) + 1
+        self.observe(StepInfo(self.n, step_id, -1, "baseline", float("nan"), rec, reused, 0.0, None), kind)
+        return rec
+
+
 def execute_plan(
     microscope: Microscope,
     store: RunStore,
@@ -93,6 +191,7 @@ def execute_plan(
     *,
     seed: int,
     run_survey_matches: bool,
+    smap: SurveyMap | None = None,
     acknowledged: frozenset[str] = frozenset(),
     should_stop: Callable[[], str | None] = lambda: None,
     on_step: Callable[[StepInfo], None] | None = None,
@@ -101,6 +200,7 @@ def execute_plan(
     """Run (or resume) ``plan`` for ``h``; see the module doc.
 
     ``run_survey_matches``: the plan's survey is the run's stored one (reused, no new dose).
+    ``smap``: the survey map audit and sites steps draw from (needed when the plan has them).
     ``acknowledged``: monitor kinds a person already let continue in this round.
     """
     prefix = f"{h.id}-"
@@ -117,85 +217,183 @@ def execute_plan(
             survey = acq.image(survey_step, fov_nm=sv.fov_nm, pixels=sv.pixels, dwell_s=sv.dwell_s)
         finally:
             microscope.blank_beam()
-    t0 = float(microscope.now_s())
-    dose0 = 0.0 if run_survey_matches else survey.dose_e
-    field_A2 = survey.fov_nm**2 * NM2_TO_A2
-    stop = plan.stop
-    spent = {"dose_e": dose0, "n": 0}
-
-    def observe(info: StepInfo) -> None:
-        spent["dose_e"] += info.record.dose_e
-        spent["n"] += 1
-        if on_step:
-            on_step(info)
-        reason = should_stop()
-        if reason:
-            raise CampaignStop(f"human: {reason}")
-        if stop and stop.max_dose_e_per_A2 and spent["dose_e"] / field_A2 >= stop.max_dose_e_per_A2:
-            raise CampaignStop(f"stop_when: field dose reached {stop.max_dose_e_per_A2:g} e/Å²")
-        if stop and stop.max_time_s and float(microscope.now_s()) - t0 >= stop.max_time_s:
-            raise CampaignStop(f"stop_when: {stop.max_time_s:g} s of instrument time")
-
+    if (plan.audit or plan.sites) and smap is None:
+        raise ValueError("a plan with audit or sites steps needs the survey map")
+    run = _Run(
+        microscope,
+        store,
+        acq,
+        plan,
+        prefix,
+        survey.fov_nm**2 * NM2_TO_A2,
+        float(microscope.now_s()),
+        should_stop,
+        on_step,
+    )
+    run.dose_e = 0.0 if run_survey_matches else survey.dose_e
     result: CampaignResult | None = None
     stopped_by: str | None = None
-    if plan.active is not None:
-        cfg = compile_campaign(plan, h, seed)
-        if acknowledged:
-            cfg = cfg.with_(stop_on=[k for k in cfg.stop_on if k not in acknowledged])
-        result = Campaign(microscope, store, cfg, prefix=prefix, survey=survey).run(on_step=observe)
-        stopped_by = result.stop_reason or (result.stopped_by.kind if result.stopped_by else None)
-    points = []
-    if stopped_by is None:
-        microscope.unblank_beam()
+    decided_early = False
+    n_site = 0
+    rng = np.random.default_rng([seed, int(h.id[1:])])
+    budgets = plan.step_spectra()
+    for step, budget in zip(plan.steps, budgets, strict=True):
+        if stopped_by is not None:
+            break
         try:
-            for i, s in enumerate(plan.spectra_at):
-                points.append(
-                    acq.spectrum(
-                        f"{prefix}at-{i:02d}",
-                        x_nm=s.x_nm,
-                        y_nm=s.y_nm,
-                        dwell_s=s.dwell_s,
-                        energy_min_eV=s.energy_min_eV,
-                        energy_max_eV=s.energy_max_eV,
-                        reason=s.reason,
-                    )
+            if isinstance(step, ActiveScanStep) and budget:
+                cfg = compile_campaign(plan, h, seed, budget)
+                if acknowledged:
+                    cfg = cfg.with_(stop_on=[k for k in cfg.stop_on if k not in acknowledged])
+                result = Campaign(microscope, store, cfg, prefix=prefix, survey=survey).run(
+                    on_step=run.observe
                 )
-        finally:
-            microscope.blank_beam()
-    ys = [float(h.signal(p)) for p in points]
-    names = [f"{prefix}at-{i:02d}" for i in range(len(points))]
-    xy = [(p.x_nm, p.y_nm) for p in points]
-    dose = dose0 + sum(p.dose_e for p in points)
+                stopped_by = result.stop_reason or (result.stopped_by.kind if result.stopped_by else None)
+            elif isinstance(step, AuditStep) and budget:
+                decided_early = _audit(run, step, budget, h, smap, survey, rng)
+            elif isinstance(step, SitesStep) and budget:
+                n_site = _sites(run, step, budget, smap, rng, n_site)
+            elif isinstance(step, SpectrumAtStep) and budget:
+                i = sum(1 for s in plan.steps[: plan.steps.index(step)] if isinstance(s, SpectrumAtStep))
+                _beam(run, _point_at(run, step, f"{prefix}at-{i:02d}"))
+        except CampaignStop as stop:
+            stopped_by = str(stop) or "stopped"
+            store.append_event("campaign_stopped", reason=stopped_by, step=run.n, prefix=prefix)
+            log.info("%s stopped after %d spectra: %s", h.id, run.n, stopped_by)
     figure = None
+    best_step = best_xy = None
     events: list[dict] = []
     if result is not None:
-        ys = [s.y for s in result.steps] + ys
-        names = [s.step_id for s in result.steps] + names
-        xy = [(s.record.x_nm, s.record.y_nm) for s in result.steps] + xy
-        dose += sum(s.record.dose_e for s in result.steps)
         events = [e.model_dump(mode="json") for e in result.events]
+        if result.y:
+            k = int(np.nanargmax(result.y))
+            best_step, best_xy = (
+                result.steps[k].step_id,
+                (result.steps[k].record.x_nm, result.steps[k].record.y_nm),
+            )
         if figure_dir is not None and result.measured:
             figure = str(
                 campaign_figure(result, Path(figure_dir) / f"{h.id}.png", title=f"{h.id}: {h.statement[:70]}")
             )
-    arr = np.asarray(ys, dtype=float)
-    best = int(np.argmax(arr)) if arr.size else None
+    steps = [e["step_id"] for e in store.events("acquisition") if e["step_id"].startswith(prefix)]
     return RoundResult(
         prefix=prefix,
         survey_step=survey_step,
-        measurements=len(ys),
-        distinct=len(set(names)),
-        dose_e=dose,
-        dose_e_per_A2=dose / field_A2,
-        y_median=float(np.median(arr)) if arr.size else None,
-        y_p90=float(np.percentile(arr, 90)) if arr.size else None,
-        y_max=float(arr.max()) if arr.size else None,
-        best_step=names[best] if best is not None else None,
-        best_xy_nm=xy[best] if best is not None else None,
+        measurements=run.n,
+        distinct=len(set(steps)),
+        dose_e=run.dose_e,
+        dose_e_per_A2=run.dose_e / run.field_A2,
+        by_step=run.by_step,
+        strata=run.strata,
+        audit_decided_early=decided_early,
+        best_step=best_step,
+        best_xy_nm=best_xy,
         stopped_by=stopped_by,
         monitor_events=events,
         figure=figure,
     )
 
 
-__all__ = ["RoundResult", "compile_campaign", "execute_plan"]
+def _beam(run: _Run, body: Callable[[], object]) -> object:
+    run.microscope.unblank_beam()
+    try:
+        return body()
+    finally:
+        run.microscope.blank_beam()
+
+
+def _point_at(run: _Run, step: SpectrumAtStep, step_id: str) -> Callable[[], SpectrumRecord]:
+    return lambda: run.point(
+        step_id,
+        "spectrum_at",
+        (step.x_nm, step.y_nm),
+        step.dwell_s,
+        step.energy_min_eV,
+        step.energy_max_eV,
+        reason=step.reason,
+    )
+
+
+def _audit(run: _Run, step: AuditStep, budget: int, h: Hypothesis, smap, survey, rng) -> bool:
+    """Measure the audit; True when a discriminating audit decided before spending all of it."""
+    pops = {c: stratum_population(smap, c, h, survey) for c in step.classes}
+    draws = {c: pop[rng.permutation(len(pop))] for c, pop in pops.items()}
+    caps = {c: min(step.per_class, len(pops[c])) for c in step.classes}
+    for c, pop in pops.items():
+        if len(pop) < step.per_class:
+            log.warning("audit: %s has %d members, fewer than the %d asked", c, len(pop), step.per_class)
+    values: dict[str, list[float]] = {c: [] for c in step.classes}
+    taken = {c: 0 for c in step.classes}
+    k = 0
+
+    def measure(c: str) -> None:
+        nonlocal k
+        xy = draws[c][taken[c]]
+        rec = run.point(
+            f"{run.prefix}audit-{k:04d}",
+            "audit",
+            xy,
+            step.spectrum_dwell_s,
+            step.energy_min_eV,
+            step.energy_max_eV,
+            stratum=c,
+            draw=int(taken[c]),
+        )
+        taken[c] += 1
+        k += 1
+        values[c].append(float(h.signal(rec)))
+
+    def body() -> bool:
+        if step.allocation == "equal":
+            order = [c for i in range(step.per_class) for c in step.classes if i < caps[c]]
+            for c in order[:budget]:
+                measure(c)
+            return False
+        for c in [c for i in range(min(3, step.per_class)) for c in step.classes if i < caps[c]]:
+            if k < budget:
+                measure(c)
+        while k < budget:
+            effect, _ = judge(h.prediction, values, energy=h.energy_signal, level=SEQUENTIAL_LEVEL)
+            if effect.outcome != "inconclusive":
+                log.info("%s: the audit decided (%s) after %d spectra", h.id, effect.outcome, k)
+                return True
+            c = next_stratum(h.prediction, values, caps, trim=ENERGY_TRIM if h.energy_signal else 0.0)
+            if c is None:
+                return False
+            measure(c)
+        return False
+
+    return bool(_beam(run, body))
+
+
+def _sites(run: _Run, step: SitesStep, budget: int, smap, rng, start: int) -> int:
+    targets = site_targets(smap, step.at)
+    if len(targets) > step.max_sites:
+        targets = [targets[i] for i in sorted(rng.choice(len(targets), step.max_sites, replace=False))]
+    k = start
+
+    def body() -> None:
+        nonlocal k
+        for j, (xy, feature) in enumerate(targets):
+            for r in range(step.repeats):
+                if k - start >= budget:
+                    return
+                extra = {"stratum": step.at, "site": j, "repeat": r}
+                if feature is not None:
+                    extra["feature"] = feature
+                run.point(
+                    f"{run.prefix}site-{k:04d}",
+                    "sites",
+                    xy,
+                    step.dwell_s,
+                    step.energy_min_eV,
+                    step.energy_max_eV,
+                    **extra,
+                )
+                k += 1
+
+    _beam(run, body)
+    return k
+
+
+__all__ = ["RoundResult", "compile_campaign", "execute_plan", "site_targets", "stratum_population"]

@@ -6,12 +6,16 @@ text a scientist can read; none of them touches the instrument.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from autoscope.tools.plan import Hypothesis
 from autoscope.tools.store import RunStore
+
+log = logging.getLogger(__name__)
 
 
 def signal_values(store: RunStore, h: Hypothesis) -> list[tuple[str, float, float, float]]:
@@ -26,6 +30,35 @@ def signal_values(store: RunStore, h: Hypothesis) -> list[tuple[str, float, floa
             y = float(h.signal(store.load(sid)))
             if np.isfinite(y):
                 out.append((sid, y, float(e["x_nm"]), float(e["y_nm"])))
+    return out
+
+
+class StratumValue(NamedTuple):
+    step_id: str
+    value: float
+    x_nm: float
+    y_nm: float
+    feature: int | None
+
+
+def strata_values(store: RunStore, h: Hypothesis) -> dict[str, list[StratumValue]]:
+    """The audit and site spectra of ``h`` grouped by their stratum (class), with the signal of each,
+    read back from the store; non-finite values are kept (the verdict counts and drops them)."""
+    out: dict[str, list[StratumValue]] = {}
+    seen: set[str] = set()
+    for e in _spectra(store):
+        sid = e["step_id"]
+        if not sid.startswith(f"{h.id}-") or "stratum" not in e or sid in seen:
+            continue
+        seen.add(sid)
+        try:
+            y = float(h.signal(store.load(sid)))
+        except ValueError as exc:  # a spectrum the signal cannot be read from is a failed measurement
+            log.warning("%s: %s", sid, exc)
+            y = float("nan")
+        out.setdefault(e["stratum"], []).append(
+            StratumValue(sid, y, float(e["x_nm"]), float(e["y_nm"]), e.get("feature"))
+        )
     return out
 
 

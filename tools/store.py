@@ -387,6 +387,24 @@ class RunStore:
         os.replace(tmp, final)
         _fsync_path(final.parent, directory=True)
 
+    def write_artifact(self, name: str, text: str) -> Path:
+        """A derived result (JSON, text) written atomically beside the run (temporary name, fsync,
+        rename): a kill leaves the old version or the new one, never half of one."""
+        if self.read_only:
+            raise RunStoreError(f"run store {self.dir} is read-only; nothing can be written")
+        final = self.dir / check_step_id(name)
+        tmp = final.with_name(f"{_TMP_PREFIX}{os.getpid()}-{final.name}")
+        tmp.write_text(text)
+        _fsync_path(tmp)
+        os.replace(tmp, final)
+        _fsync_path(self.dir, directory=True)
+        return final
+
+    def read_artifact(self, name: str) -> str | None:
+        """The text of an artifact, or None when it was never written."""
+        path = self.dir / check_step_id(name)
+        return path.read_text() if path.exists() else None
+
     def completed_steps(self) -> set[str]:
         """Step ids whose acquisition event exists and whose arrays are on disk."""
         return {s for s in self._steps if self._step_path(s).exists()}

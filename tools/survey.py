@@ -133,11 +133,13 @@ def run_survey(
     plan: SurveyPlan,
     *,
     progress: Callable[[int, int], None] | None = None,
+    positions: Callable[[ImageRecord, int], list[tuple[float, float]]] = choose_spectrum_positions,
 ) -> SurveyResult:
     """Acquire the overview image and spectra of ``plan`` into ``store`` (resumable).
 
     The beam is unblanked for the survey and blanked again whatever happens.
-    ``progress(done, total)`` is called after each step.
+    ``progress(done, total)`` is called after each step. ``positions(image, n)`` chooses where
+    the spectra go, deterministically from the stored image (so a resumed survey picks the same).
     """
     stage = microscope.stage_position_nm()
     center = (
@@ -159,7 +161,7 @@ def run_survey(
         if progress:
             progress(1, total)
         spectra = []
-        for i, (x, y) in enumerate(choose_spectrum_positions(image, plan.spectra)):
+        for i, (x, y) in enumerate(positions(image, plan.spectra)):
             spectra.append(
                 acq.spectrum(
                     spectrum_step(i),

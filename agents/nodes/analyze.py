@@ -1,119 +1,67 @@
-"""Analysis: a verdict on the hypothesis from the measured signal, with theory in the loop.
+"""Analysis: a verdict on the hypothesis with its uncertainty, and theory where the hypothesis calls for it.
 
-The verdict is computed, not written by an LLM: the prediction says which statistic
-decides (p90/median for intensities, p90 − p10 for energies) and at what threshold.
-Theory tools add evidence where they apply: edge energies against the literature table
-for an edge-onset signal, and defect-model ranking on the survey image (MoS2) at the
-position with the strongest core-loss signal.
+The verdict is computed, never written by an LLM: the effect the prediction names is
+estimated from the round's audit and site spectra (``tools/verdicts.py``), which the plan's
+design placed at random within each class — not where the active learner expected signal —
+and reported with its 95 % interval; the outcome is inconclusive unless the interval decides.
+Theory is chosen by what the hypothesis says (``tools/theory_select.py``): edge energies and
+expected shifts for an edge or a shift, the Gans law for a rod-dipole trend, defect-model
+ranking at the sites a lattice hypothesis names.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from pathlib import Path
 
-import numpy as np
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, Field
 
 from autoscope.agents.context import RunContext
 from autoscope.agents.state import GraphState
-from autoscope.theory.compare import EDGE_TABLE, check_edge_energy
+from autoscope.tools.figures import evidence_figure
+from autoscope.tools.grounding import population_grid
+from autoscope.tools.grounding.model import interface_distance
 from autoscope.tools.plan import Hypothesis
 from autoscope.tools.plan_engine import RoundResult
-from autoscope.tools.queries import signal_values
+from autoscope.tools.predictions import PARTICLE_COVARIATES, Trend
+from autoscope.tools.queries import StratumValue, strata_values
 from autoscope.tools.survey import IMAGE_STEP
+from autoscope.tools.theory_select import theory_evidence
+from autoscope.tools.verdicts import Verdict, judge
 
 log = logging.getLogger(__name__)
-MIN_MEASUREMENTS = 10
-ENERGY_SIGNALS = ("peak_position", "edge_onset")
 
 
-class Verdict(BaseModel):
-    hypothesis_id: str
-    outcome: Literal["supported", "refuted", "inconclusive"]
-    statistic: str
-    value: float | None = None
-    threshold: float
-    measurements: int
-    evidence: list[str] = Field(default_factory=list)
-    theory: dict | None = None
-    author: str = "analysis (computed)"
-
-
-def measured_values(ctx: RunContext, h: Hypothesis) -> list[tuple[str, float]]:
-    """(step id, signal) of every spectrum of the round, read back from the store."""
-    return [(sid, y) for sid, y, _, _ in signal_values(ctx.store, h)]
-
-
-def judge(
-    h: Hypothesis, ys: np.ndarray
-) -> tuple[Literal["supported", "refuted", "inconclusive"], str, float | None, float]:
-    energy = h.signal.kind in ENERGY_SIGNALS
-    threshold = h.prediction.shift_eV if energy else h.prediction.contrast
-    stat = "p90 − p10 (eV)" if energy else "p90/median"
-    if ys.size < MIN_MEASUREMENTS:
-        return "inconclusive", stat, None, threshold
-    if energy:
-        value = float(np.percentile(ys, 90) - np.percentile(ys, 10))
-    else:
-        med = float(np.median(ys))
-        if med <= 0:  # background-subtracted: how far the top lies above the typical scatter
-            stat = "(p95 − median)/σ_MAD"
-            sigma = 1.4826 * float(np.median(np.abs(ys - med)))
-            if sigma <= 0:
-                return "inconclusive", stat, None, threshold
-            value = float((np.percentile(ys, 95) - med) / sigma)
-        else:
-            value = float(np.percentile(ys, 90) / med)
-    localized = value >= threshold
-    ok = localized == (h.prediction.pattern == "localized")
-    return ("supported" if ok else "refuted"), stat, value, threshold
-
-
-def theory_evidence(
-    ctx: RunContext, h: Hypothesis, values: list[tuple[str, float]]
-) -> tuple[list[str], dict | None]:
-    sig = h.signal.model_dump()
-    lo, hi = sig.get("lo_eV"), sig.get("hi_eV")
-    if lo is None or not values:
-        return [], None
-    edges = [r for r in EDGE_TABLE if lo - 5 <= r.onset_eV <= hi]
-    if not edges:
-        return [], None
-    ref = edges[0]
-    if h.signal.kind == "edge_onset":
-        onsets = np.array([y for _, y in values])
-        lines, checks = [], {}
-        for label, onset in (("lowest", float(onsets.min())), ("highest", float(onsets.max()))):
-            chk = check_edge_energy(onset, ref.element, ref.edge, tolerance_eV=2.0)
-            checks[label] = chk.model_dump(mode="json")
-            lines.append(f"theory ({label} onset {onset:.2f} eV): {chk.statement}")
-        return lines, {"tool": "check_edge_energy", "element": ref.element, "edge": ref.edge, **checks}
-    if ctx.spec.scenario == "tmd-defects" and ref.element != "S":
-        from autoscope.theory.structures import DefectSpec
-        from autoscope.tools.theory import RankRequest, rank_at
-
-        best_sid = max(values, key=lambda t: t[1])[0]
-        rec = ctx.store.load(best_sid)
-        req = RankRequest(
-            x_nm=rec.x_nm,
-            y_nm=rec.y_nm,
-            defect=DefectSpec(kind="substitution", host="S", species=ref.element),
-        )
-        try:
-            outcome = rank_at(ctx.store.load(IMAGE_STEP), req)
-        except Exception as exc:  # a theory tool failing is evidence missing, not a failed run
-            log.warning("theory ranking failed: %s", exc)
-            return [f"theory: ranking at ({rec.x_nm:.2f}, {rec.y_nm:.2f}) nm failed: {exc}"], None
-        r = outcome.result
-        return [f"theory (defect models at the strongest {ref.element} {ref.edge} signal): {r.statement}"], {
-            "tool": "rank_at",
-            "position_nm": [rec.x_nm, rec.y_nm],
-            "labels": r.labels,
-            "scores": r.scores,
+def trend_features(h: Hypothesis, strata: dict[str, list[StratumValue]], smap) -> list[tuple[float, float]]:
+    """(covariate, signal) per feature of a trend: per particle (its key-point spectra averaged)
+    for a particle covariate, per spectrum for the distance to the interface."""
+    p = h.prediction
+    assert isinstance(p, Trend)
+    vals = strata.get(p.over, [])
+    if p.covariate in PARTICLE_COVARIATES:
+        by_particle: dict[int, list[float]] = {}
+        for v in vals:
+            if v.feature is not None:
+                by_particle.setdefault(int(v.feature), []).append(v.value)
+        parts = {q.id: q for q in smap.particles}
+        attr = {
+            "aspect_ratio": "aspect_ratio",
+            "size_nm": "size_nm",
+            "length_nm": "length_nm",
+            "width_nm": "width_nm",
         }
-    return [], None
+        out = []
+        for pid, ys in sorted(by_particle.items()):
+            finite = [y for y in ys if y == y]
+            if pid in parts and finite:
+                out.append((float(getattr(parts[pid], attr[p.covariate])), sum(finite) / len(finite)))
+        return out
+    if smap.interface is None or not vals:
+        return []
+    import numpy as np
+
+    d = interface_distance(smap.interface, np.array([(v.x_nm, v.y_nm) for v in vals]))
+    return [(float(di), v.value) for di, v in zip(d, vals, strict=True)]
 
 
 def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
@@ -121,27 +69,70 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     h = Hypothesis.model_validate(state["hypothesis"])
     result = RoundResult.model_validate(state["result"])
     ctx.status(f"analyze {h.id}")
-    values = measured_values(ctx, h)
-    ys = np.array([y for _, y in values])
-    outcome, stat, value, threshold = judge(h, ys)
+    smap = ctx.survey_map()
+    strata = strata_values(ctx.store, h)
+    data = {c: [v.value for v in vs] for c, vs in strata.items()}
+    features = trend_features(h, strata, smap) if isinstance(h.prediction, Trend) else []
+    effect, ests = judge(h.prediction, data, energy=h.energy_signal, features=features)
+    signal = h.signal.describe()
     evidence = [
-        f"{len(ys)} spectra; {stat} = {'n/a' if value is None else f'{value:.3g}'} against {threshold:g} "
-        f"for a {h.prediction.pattern} signal"
+        f"claim: {h.prediction.claim(signal)}; null: {h.prediction.null(signal)}",
+        f"{effect.statistic}: "
+        + (
+            f"{effect.estimate:.4g}, 95% interval [{effect.ci_low:.4g}, {effect.ci_high:.4g}]"
+            if effect.estimate is not None
+            else f"not estimable ({effect.reason})"
+        ),
     ]
+    if effect.readable:
+        evidence.append(effect.readable)
+    evidence.append(
+        "unbiased spectra by class: "
+        + ", ".join(
+            f"{e.cls} n={e.n} mean {e.mean:.4g}" if e.mean is not None else f"{e.cls} n=0"
+            for e in ests.values()
+        )
+        + f" (of {result.measurements} spectra in the round; the active scan's are not used for the estimate)"
+    )
+    if result.audit_decided_early:
+        evidence.append("the discriminating audit stopped early: its 99% interval had decided")
     if result.stopped_by:
-        evidence.append(f"the scan ended early: {result.stopped_by}")
-    lines, theory = theory_evidence(ctx, h, values)
+        evidence.append(f"the plan ended early: {result.stopped_by}")
+    lines, theory = theory_evidence(h, strata, smap, ctx.store.load(IMAGE_STEP), features)
     evidence += lines
     verdict = Verdict(
         hypothesis_id=h.id,
-        outcome=outcome,
-        statistic=stat,
-        value=value,
-        threshold=threshold,
-        measurements=len(ys),
+        outcome=effect.outcome,
+        prediction=h.prediction.kind,
+        claim=h.prediction.claim(signal),
+        null=h.prediction.null(signal),
+        statistic=effect.statistic,
+        estimate=effect.estimate,
+        ci_low=effect.ci_low,
+        ci_high=effect.ci_high,
+        readable=effect.readable,
+        measurements=sum(e.n for e in ests.values()),
+        by_class=list(ests.values()),
         evidence=evidence,
         theory=theory,
     )
+    try:
+        survey = ctx.store.load(IMAGE_STEP)
+        png = evidence_figure(
+            survey,
+            smap,
+            population_grid(survey).xy_nm,
+            strata,
+            verdict,
+            Path(ctx.run_dir) / f"{h.id}-evidence.png",
+            signal_label=signal,
+            features=features or None,
+            covariate=getattr(h.prediction, "covariate", ""),
+            title=f"{h.id}: {h.statement[:80]}",
+        )
+        verdict = verdict.model_copy(update={"figure": str(png)})
+    except Exception as exc:  # a figure that cannot be drawn is no reason to lose a verdict
+        log.warning("%s: evidence figure failed: %s", h.id, exc)
     ctx.store.append_event("verdict", **verdict.model_dump(mode="json"))
-    log.info("%s: %s (%s)", h.id, outcome, evidence[0])
+    log.info("%s: %s (%s)", h.id, effect.outcome, evidence[1])
     return {"verdict": verdict.model_dump(mode="json")}

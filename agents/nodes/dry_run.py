@@ -7,7 +7,8 @@ from langgraph.runtime import Runtime
 from autoscope.agents.context import RunContext
 from autoscope.agents.nodes.plan import budget_left, run_survey_step
 from autoscope.agents.state import GraphState
-from autoscope.tools.plan import Plan, Usage, dry_run
+from autoscope.tools.dry_run import Usage, dry_run
+from autoscope.tools.plan import Plan
 
 
 def usage_of(ctx: RunContext, state: GraphState) -> Usage:

@@ -37,6 +37,7 @@ def execute(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
             h,
             seed=ctx.spec.seed + state.get("round", 1),
             run_survey_matches=same_survey,
+            smap=ctx.survey_map(),
             acknowledged=frozenset(state.get("acknowledged", [])),
             should_stop=ctx.should_stop,
             on_step=ctx.on_step,

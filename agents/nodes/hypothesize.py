@@ -1,4 +1,10 @@
-"""Ideation: the hypothesis agent proposes the next testable hypothesis."""
+"""Ideation: the hypothesis agent proposes the next testable hypothesis, grounded in the survey map.
+
+The prompt carries the survey map's summary (features, classes with their populations,
+peaks and edges of the survey spectra), and a proposal must name classes the survey shows.
+The deterministic planner answers from the same map; when it has nothing left to test,
+the run goes to its report.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,17 @@ from autoscope.agents import deterministic
 from autoscope.agents.context import RunContext
 from autoscope.agents.proposing import propose
 from autoscope.agents.state import GraphState
-from autoscope.tools.plan import Hypothesis, PlanValidationError, check_hypothesis
+from autoscope.tools.grounding import population_grid
+from autoscope.tools.plan import Hypothesis, PlanValidationError, check_grounded, check_hypothesis
+from autoscope.tools.survey import IMAGE_STEP
+
+
+def survey_context(ctx: RunContext, state: GraphState):
+    """(map, classes present, candidate grid, survey spectra) for proposals and checks."""
+    smap = ctx.survey_map()
+    grid = population_grid(ctx.store.load(IMAGE_STEP)).xy_nm
+    spectra = [ctx.store.load(sid) for sid in state["survey"]["spectra"]]
+    return smap, state["survey"].get("classes") or smap.classes_present(grid), grid, spectra
 
 
 def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
@@ -19,15 +35,24 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     caps = ctx.microscope.capabilities()
     tpl = ctx.spec.template
     ctx.status(f"hypothesis {hid}")
+    smap, present, grid, spectra = survey_context(ctx, state)
+    tested = [Hypothesis.model_validate(r["hypothesis"]) for r in state.get("rounds", [])]
+    proposal = deterministic.hypothesis(ctx.spec, smap, present, spectra, n, tested, feedback)
+    if proposal is None:
+        reason = "the survey map supports no hypothesis that the run has not tested"
+        ctx.store.append_event("hypotheses_exhausted", round=n, reason=reason)
+        return {"hypothesis": None, "round": n - 1, "max_rounds": n - 1, "stop_reason": reason}
 
     def fallback() -> Hypothesis:
-        return deterministic.hypothesis(ctx.spec, n, feedback)
+        return proposal
 
-    tested = {r["hypothesis"]["statement"].strip().lower() for r in state.get("rounds", [])}
+    statements = {h.statement.strip().lower() for h in tested}
+    keys = {deterministic.key(h) for h in tested}
 
     def check(h: Hypothesis) -> None:
         check_hypothesis(h, caps)
-        if h.statement.strip().lower() in tested:
+        check_grounded(h, smap, grid)
+        if h.statement.strip().lower() in statements or deterministic.key(h) in keys:
             raise PlanValidationError(
                 "statement: this hypothesis was tested already; propose a different one"
             )
@@ -37,6 +62,7 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
             "id": r["hypothesis"]["id"],
             "statement": r["hypothesis"]["statement"],
             "verdict": r["verdict"]["outcome"],
+            "readable": r["verdict"].get("readable", ""),
         }
         for r in state.get("rounds", [])
     ]
@@ -48,12 +74,13 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
             "goal": state.get("goal") or ctx.spec.goal,
             "notes": state.get("notes") or ctx.spec.notes,
             "survey": state["survey"],
-            "energy_min_eV": tpl.energy_min_eV,
-            "energy_max_eV": tpl.energy_max_eV,
+            "energy_min_eV": caps.energy_min_eV,
+            "energy_max_eV": caps.energy_max_eV,
+            "template_signal": tpl.scalarizer.describe(),
             "previous": previous,
             "feedback": feedback,
             "hypothesis_id": hid,
-            "example": fallback().model_copy(update={"author": ""}).model_dump_json(exclude={"author"}),
+            "example": proposal.model_copy(update={"author": ""}).model_dump_json(exclude={"author"}),
         },
         schema=Hypothesis,
         check=check,

@@ -10,8 +10,8 @@ from autoscope.agents.proposing import propose
 from autoscope.agents.state import GraphState
 from autoscope.tools.plan import Hypothesis, Plan, PlanValidationError, SurveyStep, check_plan
 
-#: fewest spectra an LLM-written scan may plan (fewer cannot give a verdict)
-MIN_SCAN = 10
+#: fewest audit spectra per class an LLM-written plan may ask for (fewer give no useful interval)
+MIN_PER_CLASS = 3
 
 
 def run_survey_step(state: GraphState) -> SurveyStep:
@@ -40,18 +40,27 @@ def plan(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     survey = run_survey_step(state)
     ctx.status(f"plan for {h.id}")
 
+    present = state["survey"].get("classes") or {}
+
     def fallback() -> Plan:
         return deterministic.plan(
-            ctx.spec, h, survey, caps, budget_left=left, rounds_left=rounds, feedback=feedback
+            ctx.spec,
+            h,
+            survey,
+            caps,
+            budget_left=left,
+            rounds_left=rounds,
+            present=present,
+            feedback=feedback,
         )
 
     def check(p: Plan) -> None:
         p.hypothesis_id = h.id  # the plan is for the hypothesis at hand, whatever the model wrote
         check_plan(p, h, caps)
-        floor = min(MIN_SCAN, max(1, left // max(rounds, 1)))  # the deterministic share may be smaller
-        if p.active is not None and p.active.budget < floor:
+        if p.audit is not None and p.audit.per_class < MIN_PER_CLASS:
             raise PlanValidationError(
-                f"active_scan.budget: {p.active.budget} spectra cannot test {h.id}; plan at least {floor}"
+                f"audit.per_class: {p.audit.per_class} spectra per class cannot give an interval; "
+                f"plan at least {MIN_PER_CLASS}"
             )
 
     p, fell_back = propose(

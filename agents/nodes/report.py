@@ -15,6 +15,8 @@ def report(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     last = decisions[-1] if decisions else {}
     if last.get("action") in ("reject", "redirect") and last.get("gate") != "plan":
         reason = f"{last['actor']} {last['action']}ed at the {last['gate']} gate: {last.get('reason', '')}"
+    elif state.get("stop_reason"):
+        reason = state["stop_reason"]
     elif state.get("spent_spectra", 0) >= state.get("budget", 0):
         reason = "the run's spectrum budget is spent"
     else:

@@ -10,9 +10,10 @@ from langgraph.runtime import Runtime
 
 from autoscope.agents.context import RunContext
 from autoscope.agents.gates import GateRequest, GateResponse, ask, gate_update
-from autoscope.agents.nodes.analyze import Verdict
 from autoscope.agents.state import GraphState
-from autoscope.tools.plan import DryRun, Hypothesis, Plan, check_hypothesis, check_plan
+from autoscope.tools.dry_run import DryRun
+from autoscope.tools.plan import Hypothesis, Plan, check_hypothesis, check_plan
+from autoscope.tools.verdicts import Verdict
 
 
 def _limits(ctx: RunContext) -> dict[str, float]:

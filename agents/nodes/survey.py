@@ -1,52 +1,65 @@
-"""Survey node: the overview image, a few spectra and unsupervised clusters of its patches.
+"""Survey node: the overview image, spectra on each kind of feature, and the survey map.
 
-The acquisitions are store steps (read back on resume, never repeated); the state gets
-a reference (step ids, field, statistics, cluster fractions), never the image.
+The map (``tools/grounding``: particles with shape and size, lattice sites with their
+intensity class, an interface; peaks and edges of the survey spectra) is built from the
+stored image and spectra only, written to the run directory (``survey_map.json``) and
+summarised for the hypothesis agent. The acquisitions are store steps (read back on
+resume, never repeated); the state gets references and the summary, never arrays.
 """
 
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 from langgraph.runtime import Runtime
-from sklearn.cluster import KMeans
 
-from autoscope.agents.context import RunContext
+from autoscope.agents.context import SURVEY_MAP, RunContext
 from autoscope.agents.state import GraphState
-from autoscope.tools.figures import survey_figure
-from autoscope.tools.ml.descriptors import PatchFeaturizer, candidate_grid, extract_patches
-from autoscope.tools.survey import IMAGE_STEP, run_survey, spectrum_step
+from autoscope.instruments.records import Capabilities, ImageRecord
+from autoscope.tools.figures import map_figure, survey_figure
+from autoscope.tools.grounding import build_survey_map, describe_spectrum, population_grid
+from autoscope.tools.grounding.summary import map_summary, spectrum_positions
+from autoscope.tools.survey import IMAGE_STEP, choose_spectrum_positions, run_survey, spectrum_step
 
 log = logging.getLogger(__name__)
-CLUSTERS = 4
+SURVEY_SPECTRA = 6
+
+
+def survey_window(caps: Capabilities) -> tuple[float, float]:
+    """The widest energy window the spectrometer records in one spectrum (survey spectra look for
+    every peak and edge, not only the template's)."""
+    return caps.energy_min_eV, min(
+        caps.energy_max_eV, caps.energy_min_eV + caps.dispersion_eV * caps.max_channels
+    )
 
 
 def survey(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     ctx = runtime.context
     tpl = ctx.spec.template
-    plan = tpl.survey.model_copy(update={"spectra": 4})
+    lo, hi = survey_window(ctx.microscope.capabilities())
+    plan = tpl.survey.model_copy(update={"spectra": SURVEY_SPECTRA, "energy_min_eV": lo, "energy_max_eV": hi})
     ctx.status("survey")
-    result = run_survey(ctx.microscope, ctx.store, plan)
+    maps = {}
+
+    def positions(image: ImageRecord, n: int) -> list[tuple[float, float]]:
+        maps["image"] = build_survey_map(image)
+        return spectrum_positions(
+            maps["image"], population_grid(image).xy_nm, n
+        ) or choose_spectrum_positions(image, n)
+
+    result = run_survey(ctx.microscope, ctx.store, plan, positions=positions)
     img = result.image
-    grid = candidate_grid(img, max(tpl.stride_px, 8), tpl.patch.window_px // 2)
-    feats = PatchFeaturizer(tpl.patch).fit_transform(
-        extract_patches(img.data, grid.rows, grid.cols, tpl.patch.window_px)
+    smap = maps["image"].model_copy(
+        update={
+            "spectra": [
+                describe_spectrum(maps["image"], spectrum_step(i), s) for i, s in enumerate(result.spectra)
+            ]
+        }
     )
-    labels = KMeans(n_clusters=CLUSTERS, n_init=4, random_state=0).fit_predict(feats)
-    brightness = img.data[grid.rows, grid.cols]
-    clusters = sorted(
-        (
-            {
-                "cluster": int(c),
-                "fraction": round(float(np.mean(labels == c)), 3),
-                "mean_intensity": round(float(brightness[labels == c].mean()), 4),
-            }
-            for c in range(CLUSTERS)
-        ),
-        key=lambda d: -d["fraction"],
-    )
+    ctx.store.write_artifact(SURVEY_MAP, smap.model_dump_json())
+    grid = population_grid(img).xy_nm
     png = survey_figure(img, result.spectra, ctx.run_dir / "survey.png", title=f"{ctx.spec.scenario} survey")
+    map_png = map_figure(img, smap, grid, ctx.run_dir / "survey_map.png", title="survey map: feature classes")
     ref = {
         "step": IMAGE_STEP,
         "spectra": [spectrum_step(i) for i in range(len(result.spectra))],
@@ -57,12 +70,19 @@ def survey(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         "current_pA": float(plan.current_pA or ctx.microscope.beam_current_pA()),
         "center_nm": [img.center_x_nm, img.center_y_nm],
         "dose_e": img.dose_e + sum(s.dose_e for s in result.spectra),
-        "intensity_mean": round(float(img.data.mean()), 4),
-        "intensity_std": round(float(img.data.std()), 4),
-        "clusters": clusters,
+        "map": SURVEY_MAP,
+        "summary": map_summary(smap, grid),
+        "classes": smap.classes_present(grid),
         "figure": str(png),
+        "map_figure": str(map_png),
     }
-    log.info("survey: %.0f nm field, %d clusters of patches", img.fov_nm, CLUSTERS)
+    log.info(
+        "survey: %.0f nm field; %d particles, %s lattice, %s interface",
+        img.fov_nm,
+        len(smap.particles),
+        "a" if smap.lattice else "no",
+        "an" if smap.interface else "no",
+    )
     return {
         "survey": ref,
         "round": 0,

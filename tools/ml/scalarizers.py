@@ -59,18 +59,33 @@ def _scaled_counts(record: SpectrumRecord, normalize: str) -> np.ndarray:
 
 
 def power_law_background(energy_eV: np.ndarray, counts: np.ndarray, pre: np.ndarray) -> np.ndarray:
-    """A·E^-r fitted to ``counts[pre]`` (log-log least squares weighted by counts), on the whole axis.
+    """A·E^-r fitted to ``counts[pre]`` by Poisson maximum likelihood, evaluated on the whole axis.
 
-    Channels with non-positive counts are skipped; ValueError when fewer than 3 remain or E ≤ 0.
+    The fit is a log-link Poisson regression of the counts on log E (iteratively reweighted
+    least squares, started from the log-log least-squares line), so channels with zero counts
+    take part: a log-log fit has to drop them, which biases the background upward — and the
+    signal above it downward — when a channel holds a few counts. The estimating equations
+    are unchanged by a constant scale, so dose-normalised counts fit the same way.
+    ValueError when fewer than 3 channels of the window are positive or E ≤ 0.
     """
-    e, c = energy_eV[pre], counts[pre]
+    e, c = energy_eV[pre], np.asarray(counts[pre], dtype=np.float64)
     ok = (c > 0) & (e > 0)
-    if ok.sum() < 3:
+    if ok.sum() < 3 or np.any(e <= 0):
         raise ValueError("power-law background: fewer than 3 positive channels in the pre-edge window")
-    slope, intercept = np.polyfit(np.log(e[ok]), np.log(c[ok]), 1, w=np.sqrt(c[ok]))
+    x = np.log(e)
+    slope, intercept = np.polyfit(x[ok], np.log(c[ok]), 1, w=np.sqrt(c[ok]))
+    beta = np.array([intercept, slope])
+    design = np.column_stack([np.ones_like(x), x - x.mean()])
+    beta[0] += beta[1] * x.mean()  # centred design: intercept at the window's mean log E
+    for _ in range(25):
+        mu = np.exp(np.clip(design @ beta, -700, 700))
+        step = np.linalg.lstsq(design * np.sqrt(mu)[:, None], (c - mu) / np.sqrt(mu), rcond=None)[0]
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-10:
+            break
     out = np.zeros_like(energy_eV, dtype=np.float64)
     pos = energy_eV > 0
-    out[pos] = np.exp(intercept) * energy_eV[pos] ** slope
+    out[pos] = np.exp(beta[0] + beta[1] * (np.log(energy_eV[pos]) - x.mean()))
     return out
 
 
@@ -258,8 +273,11 @@ class EdgeOnset(_Scalarizer):
     Rule: subtract A·E^-r fitted on [pre_lo_eV, pre_hi_eV]; smooth with ``smooth_eV`` (so a
     noise excursion before the edge stays well below the level); take the maximum M of the
     smoothed signal in [lo_eV, hi_eV] (choose ``hi_eV`` just past the edge's first peak, so
-    M is the near-edge maximum); the onset is the first energy in the window where the
-    signal reaches ``fraction``·M, interpolated linearly between channels.
+    M is the near-edge maximum); the onset is where the signal rises through ``fraction``·M
+    into the run of channels above that level which holds the maximum, interpolated linearly
+    between channels — a noise excursion above the level earlier in the window, which falls
+    back below it, does not count (for a noise-free edge that rises steadily this is its
+    first crossing).
     """
 
     kind: Literal["edge_onset"] = "edge_onset"
@@ -290,8 +308,10 @@ class EdgeOnset(_Scalarizer):
         c = np.asarray(record.counts, np.float64)
         sig = _smooth(c - power_law_background(e, c, pre), self.smooth_eV, record.dispersion_eV)
         s, es = sig[idx], e[idx]
-        level = self.fraction * s.max()
-        i = int(np.argmax(s >= level))  # first channel at or above the level
+        top = int(np.argmax(s))
+        level = self.fraction * s[top]
+        below = np.flatnonzero(s[: top + 1] < level)
+        i = int(below[-1]) + 1 if below.size else 0  # start of the run above the level that holds the maximum
         if i == 0:
             return float(es[0])
         return float(es[i - 1] + (level - s[i - 1]) * (es[i] - es[i - 1]) / (s[i] - s[i - 1]))

@@ -1,0 +1,224 @@
+"""The dry run of a plan: dose, time, acquisitions and every limit check, touching nothing.
+
+It walks the plan's steps in order, as the engine will run them, after what the run has
+already spent (``Usage``): the survey (free when the run's stored one is reused), the
+active scan with its repeated surveys, the audit, the site spectra and the point spectra.
+Counts are upper bounds (an audit that decides early, or a class with fewer sites, spends less).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from autoscope.instruments.records import NM2_TO_A2, Capabilities, electrons
+from autoscope.instruments.safety import SafetyLimits
+from autoscope.tools.plan import (
+    ActiveScanStep,
+    AuditStep,
+    Plan,
+    SitesStep,
+    SpectrumAtStep,
+    SurveyStep,
+)
+
+#: instrument overhead assumed per acquisition and model time per active step (s)
+OVERHEAD_PER_ACQUISITION_S = 0.05
+MODEL_STEP_S = 0.1
+
+
+class Usage(BaseModel):
+    """What the run has already spent (from the run store), counted against the limits."""
+
+    dose_e: float = 0.0
+    acquisitions: int = 0
+    spectra: int = 0
+    time_s: float = 0.0
+    survey: SurveyStep | None = None  # the run's stored survey, reused when a plan matches it
+
+
+class LimitCheck(BaseModel):
+    limit: str
+    requested: float
+    maximum: float
+    ok: bool
+    message: str
+
+
+class StepCost(BaseModel):
+    """One step of the walk: what it may acquire and spend."""
+
+    index: int
+    kind: str
+    spectra: int
+    images: int
+    dose_e: float
+    time_s: float
+
+
+class DryRun(BaseModel):
+    """What a plan would cost, and whether it stays within the limits; nothing touched the instrument."""
+
+    spectra: int
+    images: int
+    dose_e: float
+    dose_e_per_A2: float = Field(description="this plan's dose averaged over its survey field")
+    peak_dose_e_per_A2: float = Field(
+        description="survey dose plus the longest stay of the probe on one spot"
+    )
+    time_s: float
+    checks: list[LimitCheck]
+    survey_reused: bool
+    steps: list[StepCost] = []
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def violations(self) -> list[LimitCheck]:
+        return [c for c in self.checks if not c.ok]
+
+    def summary(self) -> str:
+        head = (
+            f"{self.spectra} spectra, {self.images} image(s), dose {self.dose_e:.3g} e "
+            f"({self.dose_e_per_A2:.3g} e/Å² over the field, peak {self.peak_dose_e_per_A2:.3g}), "
+            f"~{self.time_s:.0f} s"
+        )
+        parts = [f"{c.kind} {c.spectra}" for c in self.steps if c.spectra]
+        if parts:
+            head += f" [{', '.join(parts)}]"
+        bad = "; ".join(c.message for c in self.violations)
+        return head + (f"; BEYOND LIMITS: {bad}" if bad else "; within limits")
+
+
+def _check(limit: str, requested: float, maximum: float, what: str) -> LimitCheck:
+    ok = requested <= maximum
+    verdict = "within" if ok else "exceeds"
+    return LimitCheck(
+        limit=limit,
+        requested=float(requested),
+        maximum=float(maximum),
+        ok=ok,
+        message=f"{what} {requested:.4g} {verdict} {limit} {maximum:.4g}",
+    )
+
+
+def dry_run(
+    plan: Plan,
+    caps: Capabilities,
+    limits: SafetyLimits,
+    used: Usage,
+    *,
+    run_budget_left: int,
+    center_nm: tuple[float, float] = (0.0, 0.0),
+) -> DryRun:
+    """Dose, time and limit checks of ``plan`` after what the run has ``used``; touches nothing."""
+    sv = plan.survey
+    reused = used.survey is not None and used.survey == sv
+    frame_e = electrons(sv.current_pA, sv.dwell_s * sv.pixels**2)
+    frame_s = sv.dwell_s * sv.pixels**2 + OVERHEAD_PER_ACQUISITION_S
+    drift_every = min(
+        (r.check_every for r in plan.interventions if r.check_every and r.monitor in ("drift", "ood")),
+        default=None,
+    )
+    costs: list[StepCost] = []
+    longest_stay_s = 0.0
+    for i, (step, n) in enumerate(zip(plan.steps, plan.step_spectra(), strict=True)):
+        images, dose, time_s = 0, 0.0, 0.0
+        if isinstance(step, SurveyStep):
+            images = 0 if reused else 1
+            dose, time_s = images * frame_e, images * frame_s
+        elif isinstance(step, ActiveScanStep):
+            checks = n // drift_every if drift_every else 0
+            images = checks
+            dose = electrons(sv.current_pA, step.spectrum_dwell_s) * n + checks * frame_e
+            time_s = n * (step.spectrum_dwell_s + MODEL_STEP_S) + checks * frame_s
+            longest_stay_s = max(longest_stay_s, step.spectrum_dwell_s)
+        elif isinstance(step, AuditStep):
+            dose = electrons(sv.current_pA, step.spectrum_dwell_s) * n
+            time_s = n * step.spectrum_dwell_s
+            longest_stay_s = max(longest_stay_s, step.spectrum_dwell_s)
+        elif isinstance(step, SitesStep):
+            dose = electrons(sv.current_pA, step.dwell_s) * n
+            time_s = n * step.dwell_s
+            longest_stay_s = max(longest_stay_s, step.dwell_s * step.repeats)
+        elif isinstance(step, SpectrumAtStep):
+            dose = electrons(sv.current_pA, step.dwell_s) * n
+            time_s = n * step.dwell_s
+            longest_stay_s = max(longest_stay_s, step.dwell_s)
+        time_s += n * OVERHEAD_PER_ACQUISITION_S
+        costs.append(StepCost(index=i, kind=step.kind, spectra=n, images=images, dose_e=dose, time_s=time_s))
+    spectra = sum(c.spectra for c in costs)
+    images = sum(c.images for c in costs)
+    dose_e = sum(c.dose_e for c in costs)
+    time_s = sum(c.time_s for c in costs)
+    field_A2 = sv.fov_nm**2 * NM2_TO_A2
+    frames = images + (1 if reused else 0)  # every frame doses the whole field once
+    survey_areal = frame_e / field_A2 * max(frames, 1)
+    spot = electrons(sv.current_pA, longest_stay_s) / (caps.probe_fwhm_nm**2 * NM2_TO_A2)
+    x, y = center_nm
+    h = sv.fov_nm / 2
+    checks = [
+        _check(
+            "max_current_pA",
+            sv.current_pA,
+            min(limits.max_current_pA, caps.current_max_pA),
+            "beam current (pA)",
+        ),
+        _check("max_total_dose_e", used.dose_e + dose_e, limits.max_total_dose_e, "run dose (e)"),
+        _check("max_dose_e_per_A2", survey_areal + spot, limits.max_dose_e_per_A2, "peak dose (e/Å²)"),
+        _check(
+            "max_acquisitions", used.acquisitions + images + spectra, limits.max_acquisitions, "acquisitions"
+        ),
+        _check("max_wall_time_s", used.time_s + time_s, limits.max_wall_time_s, "instrument time (s)"),
+        _check("run_budget", spectra, max(run_budget_left, 0), "spectra"),
+        _check("max_fov_nm", sv.fov_nm, caps.max_fov_nm, "field of view (nm)"),
+    ]
+    inside = (
+        limits.stage_x_min_nm <= x - h
+        and x + h <= limits.stage_x_max_nm
+        and limits.stage_y_min_nm <= y - h
+        and y + h <= limits.stage_y_max_nm
+    )
+    checks.append(
+        LimitCheck(
+            limit="stage_box",
+            requested=float(sv.fov_nm),
+            maximum=float(
+                min(
+                    limits.stage_x_max_nm - limits.stage_x_min_nm,
+                    limits.stage_y_max_nm - limits.stage_y_min_nm,
+                )
+            ),
+            ok=inside,
+            message=f"survey field around ({x:g}, {y:g}) nm {'inside' if inside else 'outside'} the stage box",
+        )
+    )
+    for s in plan.spectra_at:
+        ok = limits.stage_x_min_nm <= s.x_nm <= limits.stage_x_max_nm and (
+            limits.stage_y_min_nm <= s.y_nm <= limits.stage_y_max_nm
+        )
+        if not ok:
+            checks.append(
+                LimitCheck(
+                    limit="stage_box",
+                    requested=s.x_nm,
+                    maximum=limits.stage_x_max_nm,
+                    ok=False,
+                    message=f"spectrum at ({s.x_nm:g}, {s.y_nm:g}) nm is outside the stage box",
+                )
+            )
+    return DryRun(
+        spectra=spectra,
+        images=images,
+        dose_e=dose_e,
+        dose_e_per_A2=dose_e / field_A2,
+        peak_dose_e_per_A2=survey_areal + spot,
+        time_s=time_s,
+        checks=checks,
+        survey_reused=reused,
+        steps=costs,
+    )
+
+
+__all__ = ["DryRun", "LimitCheck", "StepCost", "Usage", "dry_run"]
