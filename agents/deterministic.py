@@ -44,6 +44,8 @@ AUTHOR = "deterministic planner (no LLM)"
 #: share of a round's spectra that the verdict's audit or site steps get (the rest maps the signal)
 AUDIT_SHARE = 0.5
 MIN_PER_CLASS = 6
+#: repeats of a spectrum on one site, at most (a small class of sites gets its share this way)
+MAX_REPEATS = 4
 
 
 def _survey_signal(smap: SurveyMap, spectra, signal) -> dict[str, float]:
@@ -291,9 +293,18 @@ def plan(
     share = min(share, budget)
     steps: list = [survey]
     per = max(2, share // max(len(strata), 1))
-    for c in site_strata:  # the engine measures fewer when the class has fewer sites
+    for c in site_strata:  # a class with few sites gets repeats on each (averaged per site by the verdict)
+        n_sites = present.get(c, per) if c in SITE_CLASSES else per
+        repeats = max(1, min(MAX_REPEATS, per // max(n_sites, 1)))
         steps.append(
-            SitesStep(at=c, max_sites=per, dwell_s=tpl.spectrum_dwell_s, energy_min_eV=lo, energy_max_eV=hi)
+            SitesStep(
+                at=c,
+                max_sites=max(1, min(per // repeats, n_sites)),
+                repeats=repeats,
+                dwell_s=tpl.spectrum_dwell_s,
+                energy_min_eV=lo,
+                energy_max_eV=hi,
+            )
         )
     if audit_strata:
         steps.append(

@@ -1,5 +1,6 @@
 """The plan language: validation, round trips, the dry run against what execution spends,
-pure routing functions, and the prompts (each renders; a missing variable fails)."""
+the engine running steps in the order written, pure routing functions, the data-driven
+deterministic planner, and the prompts (each renders; a missing variable fails)."""
 
 from __future__ import annotations
 
@@ -10,50 +11,61 @@ import pytest
 from pydantic import ValidationError
 
 from autoscope.agents import deterministic, graph
-from autoscope.agents.run_spec import load_run_spec
 from autoscope.instruments.factory import open_microscope
 from autoscope.instruments.safety import SafetyLimits
 from autoscope.prompts import names, render
+from autoscope.tests.surveys import surveyed
+from autoscope.tools.dry_run import Usage, dry_run
 from autoscope.tools.plan import (
     Hypothesis,
     Plan,
     PlanValidationError,
-    SurveyStep,
-    Usage,
+    check_grounded,
     check_hypothesis,
     check_plan,
-    dry_run,
     plan_schema,
 )
 from autoscope.tools.plan_engine import execute_plan
+from autoscope.tools.predictions import LocalizedAt, Uniform
 from autoscope.tools.store import RunStore
-from autoscope.tools.survey import run_survey
+from autoscope.tools.survey import IMAGE_STEP
 
 
 @pytest.fixture(scope="module")
-def spec():
-    return load_run_spec(None, "plasmonic")
+def sv():
+    return surveyed("plasmonic", 0)
 
 
-def survey_step(spec) -> SurveyStep:
-    sv = spec.template.survey
-    return SurveyStep(fov_nm=sv.fov_nm, pixels=sv.pixels, dwell_s=sv.dwell_s, current_pA=sv.current_pA)
-
-
-def a_plan(spec, budget: int = 12) -> tuple[Hypothesis, Plan]:
-    scope = open_microscope(SafetyLimits(), scenario="plasmonic")
-    h = deterministic.hypothesis(spec, 1)
+def a_plan(sv, budget: int = 40, round_no: int = 1, tested=()) -> tuple[Hypothesis, Plan]:
+    h = deterministic.hypothesis(sv.spec, sv.smap, sv.present, sv.spectra, round_no, list(tested))
     p = deterministic.plan(
-        spec, h, survey_step(spec), scope.capabilities(), budget_left=budget, rounds_left=1
+        sv.spec, h, sv.step, sv.caps, budget_left=budget, rounds_left=1, present=sv.present
     )
     return h, p
 
 
-def test_plans_and_hypotheses_round_trip_through_json(spec):
-    h, p = a_plan(spec)
+def _store_with_survey(tmp: Path, sv) -> RunStore:
+    store = RunStore.create(tmp / "run")
+    store.save_image(IMAGE_STEP, sv.image)
+    return store
+
+
+def test_plans_and_hypotheses_round_trip_through_json(sv):
+    h, p = a_plan(sv)
     assert Plan.model_validate_json(p.model_dump_json()) == p
     assert Hypothesis.model_validate_json(h.model_dump_json()) == h
-    assert "$defs" in plan_schema() and "steps" in plan_schema()["properties"]
+    schema = plan_schema()
+    assert "$defs" in schema and "steps" in schema["properties"]
+    assert {"audit", "sites"} <= {
+        d.get("properties", {}).get("kind", {}).get("const") for d in schema["$defs"].values()
+    }
+
+
+def _seed_after_scan(steps: list[dict]) -> list[dict]:
+    seed = next(s for s in steps if s["kind"] == "seed")
+    rest = [s for s in steps if s["kind"] != "seed"]
+    i = next(k for k, s in enumerate(rest) if s["kind"] == "active_scan")
+    return rest[: i + 1] + [seed] + rest[i + 1 :]
 
 
 @pytest.mark.parametrize(
@@ -65,54 +77,124 @@ def test_plans_and_hypotheses_round_trip_through_json(spec):
             lambda s: [s[0]] + [x for x in s[1:] if x["kind"] in ("intervention", "stop_when")],
             "measures something",
         ),
-        (lambda s: [s[0], s[2], s[1]] + s[3:], "seed step comes before"),
+        (_seed_after_scan, "seed step comes before"),
         (
             lambda s: s + [{"kind": "intervention", "monitor": "drift", "action": "stop"}],
             "one intervention rule",
         ),
         (lambda s: s + [{"kind": "teleport", "x_nm": 0}], "kind"),
+        (lambda s: s + [x for x in s if x["kind"] == "audit"], "one audit step"),
     ],
 )
-def test_malformed_plans_are_refused_with_the_reason(spec, mutate, message):
-    _, p = a_plan(spec)
+def test_malformed_plans_are_refused_with_the_reason(sv, mutate, message):
+    _, p = a_plan(sv)
     steps = mutate(p.model_dump(mode="json")["steps"])
     with pytest.raises(ValidationError, match=message):
         Plan.model_validate({"hypothesis_id": "H1", "rationale": "tests the shape rules", "steps": steps})
 
 
-def test_checks_refuse_what_the_instrument_cannot_do(spec):
-    h, p = a_plan(spec)
-    caps = open_microscope(SafetyLimits(), scenario="plasmonic").capabilities()
+def test_checks_refuse_what_the_instrument_or_the_survey_cannot_do(sv):
+    h, p = a_plan(sv)
+    caps = sv.caps
     off = h.model_copy(update={"signal": h.signal.model_copy(update={"lo_eV": 500.0, "hi_eV": 510.0})})
     with pytest.raises(PlanValidationError, match="outside the spectrometer"):
         check_hypothesis(off, caps)
     narrow = p.model_dump(mode="json")
-    narrow["steps"][2].update(energy_min_eV=1.3, energy_max_eV=4.0)
+    audit = next(s for s in narrow["steps"] if s["kind"] == "audit")
+    audit.update(energy_min_eV=1.3, energy_max_eV=4.0)
     with pytest.raises(PlanValidationError, match="does not cover the hypothesis signal"):
         check_plan(Plan.model_validate(narrow), h, caps)
     with pytest.raises(PlanValidationError, match="for H1, not H2"):
         check_plan(p, h.model_copy(update={"id": "H2"}), caps)
+    blind = p.model_dump(mode="json")
+    blind["steps"] = [s for s in blind["steps"] if s["kind"] != "audit"]
+    with pytest.raises(PlanValidationError, match="no audit or sites step measures"):
+        check_plan(Plan.model_validate(blind), h, caps)
+    lattice = h.model_copy(update={"prediction": LocalizedAt(at="dim_site_dimmer", versus="sublattice_dim")})
+    with pytest.raises(PlanValidationError, match="this survey shows no dim_site_dimmer"):
+        check_grounded(lattice, sv.smap, sv.grid)
+    check_grounded(h, sv.smap, sv.grid)
 
 
-def test_dry_run_predicts_the_dose_execution_spends_and_touches_nothing(spec, tmp_path: Path):
-    h, p = a_plan(spec, budget=10)
+def test_a_prediction_must_fit_its_signal():
+    from autoscope.tools.ml.descriptors import PatchSpec
+    from autoscope.tools.ml.scalarizers import PeakPosition
+
+    with pytest.raises(ValidationError, match="needs a signal of kind"):
+        Hypothesis(
+            statement="peak energies localized at rod tips",
+            signal=PeakPosition(lo_eV=1.0, hi_eV=2.0),
+            patch=PatchSpec(),
+            expected="a peak at the tips",
+            refuted_if="no peak at the tips",
+            prediction=LocalizedAt(at="rod_tip"),
+        )
+
+
+def test_dry_run_walks_the_steps_and_predicts_what_execution_spends(sv, tmp_path: Path):
+    h, p = a_plan(sv, budget=40)
     limits = SafetyLimits()
     scope = open_microscope(limits, scenario="plasmonic")
-    caps = scope.capabilities()
     clock = scope.now_s()
-    d = dry_run(p, caps, limits, Usage(survey=survey_step(spec)), run_budget_left=10)
+    d = dry_run(p, sv.caps, limits, Usage(survey=sv.step), run_budget_left=40)
     assert scope.now_s() == clock and scope.acquisitions == 0  # nothing reached the instrument
-    assert d.ok and d.spectra == 10 and d.images == 0 and d.survey_reused
-    with RunStore.create(tmp_path / "run") as store:
-        run_survey(scope, store, spec.template.survey.model_copy(update={"spectra": 0}))
-        result = execute_plan(scope, store, p, h, seed=0, run_survey_matches=True)
-    assert result.measurements == 10
+    assert d.ok and d.spectra == 40 and d.images == 0 and d.survey_reused
+    assert [c.kind for c in d.steps if c.spectra] == [
+        s.kind for s in p.steps if s.kind in ("audit", "active_scan")
+    ]
+    with _store_with_survey(tmp_path, sv) as store:
+        result = execute_plan(scope, store, p, h, seed=0, run_survey_matches=True, smap=sv.smap)
+    assert result.measurements == 40
+    assert result.by_step == {c.kind: c.spectra for c in d.steps if c.spectra}
     assert result.dose_e == pytest.approx(d.dose_e, rel=0.02)
 
 
-def test_dry_run_names_every_limit_a_plan_would_break(spec):
-    h, p = a_plan(spec, budget=10)
-    caps = open_microscope(SafetyLimits(), scenario="plasmonic").capabilities()
+def test_the_engine_runs_steps_in_the_order_written(sv, tmp_path: Path):
+    h, p = a_plan(sv, budget=30)
+    steps = p.model_dump(mode="json")["steps"]
+    kinds = [s["kind"] for s in steps]
+    assert kinds.index("audit") < kinds.index("active_scan")
+    # the same steps with the scan (and its seeds) first
+    scan = [s for s in steps if s["kind"] in ("seed", "active_scan")]
+    reordered = [steps[0], *scan, *[s for s in steps[1:] if s["kind"] not in ("seed", "active_scan")]]
+    orders = []
+    for i, st in enumerate((steps, reordered)):
+        plan = Plan.model_validate({**p.model_dump(mode="json"), "steps": st})
+        scope = open_microscope(SafetyLimits(), scenario="plasmonic")
+        with _store_with_survey(tmp_path / str(i), sv) as store:
+            execute_plan(scope, store, plan, h, seed=0, run_survey_matches=True, smap=sv.smap)
+            ids = [e["step_id"] for e in store.events("acquisition") if e["record"] == "spectrum"]
+        orders.append([sid.split("-")[1] for sid in ids])
+    assert orders[0][0] == "audit" and orders[0][-1] == "al"
+    assert orders[1][0] == "al" and orders[1][-1] == "audit"
+    assert sorted(orders[0]) == sorted(orders[1])
+
+
+def test_audit_draws_within_each_class_and_a_discriminating_audit_decides_sooner(sv, tmp_path: Path):
+    h, p = a_plan(sv, budget=60)
+    audit = p.audit
+    steps = [sv.step.model_dump(), {**audit.model_dump(), "per_class": 12}]
+    results = {}
+    for alloc in ("equal", "discriminating"):
+        st = [steps[0], {**steps[1], "allocation": alloc}]
+        plan = Plan.model_validate(
+            {"hypothesis_id": h.id, "rationale": "audit only, for the test", "steps": st}
+        )
+        scope = open_microscope(SafetyLimits(), scenario="plasmonic")
+        with _store_with_survey(tmp_path / alloc, sv) as store:
+            results[alloc] = execute_plan(
+                scope, store, plan, h, seed=0, run_survey_matches=True, smap=sv.smap
+            )
+            events = [e for e in store.events("acquisition") if e.get("stratum")]
+        # every audit spectrum lies in the class (stratum) it was drawn for, by the survey map
+        assert all(sv.smap.area_class([[e["x_nm"], e["y_nm"]]])[0] == e["stratum"] for e in events)
+    assert results["equal"].measurements == 12 * len(audit.classes)
+    assert results["discriminating"].audit_decided_early
+    assert results["discriminating"].measurements < results["equal"].measurements
+
+
+def test_dry_run_names_every_limit_a_plan_would_break(sv):
+    h, p = a_plan(sv, budget=10)
     hot = p.model_dump(mode="json")
     hot["steps"][0]["current_pA"] = 10_000.0
     hot["steps"].append(
@@ -126,7 +208,7 @@ def test_dry_run_names_every_limit_a_plan_would_break(spec):
         }
     )
     limits = SafetyLimits(max_total_dose_e=1e9, max_acquisitions=5)
-    d = dry_run(Plan.model_validate(hot), caps, limits, Usage(survey=survey_step(spec)), run_budget_left=5)
+    d = dry_run(Plan.model_validate(hot), sv.caps, limits, Usage(survey=sv.step), run_budget_left=5)
     assert not d.ok
     assert {c.limit for c in d.violations} >= {
         "max_current_pA",
@@ -141,6 +223,8 @@ def test_dry_run_names_every_limit_a_plan_would_break(spec):
 
 def test_routing_functions_are_pure_and_follow_the_gate_outcome():
     base = {"round": 1, "max_rounds": 2, "spent_spectra": 10, "budget": 20}
+    assert graph.after_hypothesize({**base, "hypothesis": {"id": "H1"}}) == "hypothesis_gate"
+    assert graph.after_hypothesize({**base, "hypothesis": None}) == "report"
     assert graph.after_hypothesis_gate({**base, "last_gate": "approve"}) == "plan"
     assert graph.after_hypothesis_gate({**base, "last_gate": "edit"}) == "plan"
     assert graph.after_hypothesis_gate({**base, "last_gate": "reject"}) == "hypothesize"
@@ -161,26 +245,30 @@ def test_routing_functions_are_pure_and_follow_the_gate_outcome():
     assert graph.after_analysis_gate({**base, "last_gate": "reject"}) == "report"
 
 
-def test_deterministic_control_hypothesis_moves_the_band_inside_the_window(spec):
-    h2 = deterministic.hypothesis(spec, 2)
-    lo, hi = h2.signal.lo_eV, h2.signal.hi_eV
-    assert h2.prediction.pattern == "uniform"
-    assert hi - lo == pytest.approx(spec.template.scalarizer.hi_eV - spec.template.scalarizer.lo_eV)
-    assert spec.template.energy_min_eV <= lo and hi <= spec.template.energy_max_eV
-    assert lo >= spec.template.scalarizer.hi_eV  # does not overlap the primary band
-    assert "no LLM" in h2.author
+def test_deterministic_hypotheses_come_from_the_map_and_never_repeat(sv):
+    h1 = deterministic.hypothesis(sv.spec, sv.smap, sv.present, sv.spectra, 1)
+    # the survey spectra put the goal's band highest on rod tips, so H1 tests it there
+    assert isinstance(h1.prediction, LocalizedAt) and h1.prediction.at == "rod_tip"
+    assert h1.prediction.versus == "substrate" and "no LLM" in h1.author
+    h2 = deterministic.hypothesis(sv.spec, sv.smap, sv.present, sv.spectra, 2, [h1])
+    assert isinstance(h2.prediction, Uniform) and "substrate" in h2.prediction.over  # the falsifiable control
+    tested, seen = [], set()
+    for n in range(1, 30):
+        h = deterministic.hypothesis(sv.spec, sv.smap, sv.present, sv.spectra, n, tested)
+        if h is None:
+            break
+        assert deterministic.key(h) not in seen
+        seen.add(deterministic.key(h))
+        tested.append(h)
+    assert h is None and len(tested) >= 3  # the map's hypotheses run out, none twice
 
 
-def test_every_prompt_renders_and_a_missing_variable_fails(spec):
-    h, p = a_plan(spec)
-    survey = {
-        "fov_nm": 1000.0,
-        "pixels": 256,
-        "pixel_size_nm": 3.9,
-        "intensity_mean": 0.1,
-        "intensity_std": 0.05,
-        "clusters": [{"cluster": 0, "fraction": 1.0, "mean_intensity": 0.1}],
-    }
+def test_every_prompt_renders_and_a_missing_variable_fails(sv):
+    from autoscope.tools.grounding.summary import map_summary
+
+    h, p = a_plan(sv)
+    survey = {"fov_nm": 1000.0, "pixels": 256, "pixel_size_nm": 3.9, "summary": map_summary(sv.smap, sv.grid)}
+    assert "rod_tip" in survey["summary"] and "Survey spectra" in survey["summary"]
     variables = {
         "system": {"role": "planner"},
         "hypothesis": {
@@ -189,7 +277,8 @@ def test_every_prompt_renders_and_a_missing_variable_fails(spec):
             "survey": survey,
             "energy_min_eV": -1,
             "energy_max_eV": 4,
-            "previous": [{"id": "H1", "statement": "s", "verdict": "supported"}],
+            "template_signal": "the band",
+            "previous": [{"id": "H1", "statement": "s", "verdict": "supported", "readable": "r"}],
             "feedback": "f",
             "hypothesis_id": "H2",
             "example": h.model_dump_json(),
@@ -220,10 +309,15 @@ def test_every_prompt_renders_and_a_missing_variable_fails(spec):
 @pytest.mark.parametrize("scenario", ["plasmonic", "tmd-defects", "oxide-interface"])
 def test_deterministic_proposals_pass_the_checks_asked_of_a_model(scenario):
     """The example every prompt shows must itself be valid, on every scenario and round."""
-    spec = load_run_spec(None, scenario)
-    caps = open_microscope(SafetyLimits(), scenario=scenario).capabilities()
+    sv = surveyed(scenario, 0)
+    tested = []
     for n in (1, 2, 3):
-        h = deterministic.hypothesis(spec, n)
-        check_hypothesis(h, caps)
-        p = deterministic.plan(spec, h, survey_step(spec), caps, budget_left=30, rounds_left=2)
-        check_plan(Plan.model_validate_json(p.model_dump_json()), h, caps)
+        h = deterministic.hypothesis(sv.spec, sv.smap, sv.present, sv.spectra, n, tested)
+        assert h is not None, f"{scenario}: no hypothesis for round {n}"
+        check_hypothesis(h, sv.caps)
+        check_grounded(h, sv.smap, sv.grid)
+        p = deterministic.plan(
+            sv.spec, h, sv.step, sv.caps, budget_left=60, rounds_left=2, present=sv.present
+        )
+        check_plan(Plan.model_validate_json(p.model_dump_json()), h, sv.caps)
+        tested.append(h)

@@ -39,6 +39,7 @@ class StratumValue(NamedTuple):
     x_nm: float
     y_nm: float
     feature: int | None
+    site: int | None  # the site index of a sites step (its repeats share it)
 
 
 def strata_values(store: RunStore, h: Hypothesis) -> dict[str, list[StratumValue]]:
@@ -57,8 +58,22 @@ def strata_values(store: RunStore, h: Hypothesis) -> dict[str, list[StratumValue
             log.warning("%s: %s", sid, exc)
             y = float("nan")
         out.setdefault(e["stratum"], []).append(
-            StratumValue(sid, y, float(e["x_nm"]), float(e["y_nm"]), e.get("feature"))
+            StratumValue(sid, y, float(e["x_nm"]), float(e["y_nm"]), e.get("feature"), e.get("site"))
         )
+    return out
+
+
+def per_site(values: list[StratumValue]) -> list[StratumValue]:
+    """One value per measured site: repeats on a site are averaged (they are not independent
+    draws from the class, so counting them apart would narrow an interval falsely)."""
+    groups: dict[object, list[StratumValue]] = {}
+    for v in values:
+        groups.setdefault(v.step_id if v.site is None else ("site", v.site), []).append(v)
+    out = []
+    for vs in groups.values():
+        finite = [v.value for v in vs if v.value == v.value]
+        mean = sum(finite) / len(finite) if finite else float("nan")
+        out.append(vs[0]._replace(value=mean))
     return out
 
 

@@ -24,7 +24,7 @@ from autoscope.tools.grounding.model import interface_distance
 from autoscope.tools.plan import Hypothesis
 from autoscope.tools.plan_engine import RoundResult
 from autoscope.tools.predictions import PARTICLE_COVARIATES, Trend
-from autoscope.tools.queries import StratumValue, strata_values
+from autoscope.tools.queries import StratumValue, per_site, strata_values
 from autoscope.tools.survey import IMAGE_STEP
 from autoscope.tools.theory_select import theory_evidence
 from autoscope.tools.verdicts import Verdict, judge
@@ -70,7 +70,7 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     result = RoundResult.model_validate(state["result"])
     ctx.status(f"analyze {h.id}")
     smap = ctx.survey_map()
-    strata = strata_values(ctx.store, h)
+    strata = {c: per_site(vs) for c, vs in strata_values(ctx.store, h).items()}
     data = {c: [v.value for v in vs] for c, vs in strata.items()}
     features = trend_features(h, strata, smap) if isinstance(h.prediction, Trend) else []
     effect, ests = judge(h.prediction, data, energy=h.energy_signal, features=features)

@@ -160,8 +160,9 @@ class SurveyMap(BaseModel):
         return np.concatenate(out) if out else np.zeros((0, 2))
 
     def class_of_point(self, x_nm: float, y_nm: float) -> str:
-        """The class of one point: its lattice site when within reach of one, else its area class."""
-        if self.lattice is not None and self.lattice.sites:
+        """The class of one point: its lattice site when within reach of one (unless an interface,
+        the larger structure, divides the field), else its area class."""
+        if self.lattice is not None and self.lattice.sites and self.interface is None:
             xy = np.array([[s.x_nm, s.y_nm] for s in self.lattice.sites])
             d, i = cKDTree(xy).query([x_nm, y_nm])
             if d <= SITE_RADIUS_FRACTION * self.lattice.nn_distance_nm:

@@ -273,11 +273,11 @@ class EdgeOnset(_Scalarizer):
     Rule: subtract A·E^-r fitted on [pre_lo_eV, pre_hi_eV]; smooth with ``smooth_eV`` (so a
     noise excursion before the edge stays well below the level); take the maximum M of the
     smoothed signal in [lo_eV, hi_eV] (choose ``hi_eV`` just past the edge's first peak, so
-    M is the near-edge maximum); the onset is where the signal rises through ``fraction``·M
-    into the run of channels above that level which holds the maximum, interpolated linearly
-    between channels — a noise excursion above the level earlier in the window, which falls
-    back below it, does not count (for a noise-free edge that rises steadily this is its
-    first crossing).
+    M is the near-edge maximum); the onset is the first energy in the window where the
+    signal reaches ``fraction``·M and stays at or above it for 2 × ``smooth_eV`` (at least 3
+    channels), interpolated linearly between channels — a noise excursion above the level
+    before the edge, which falls back at once, does not count (for a noise-free edge that
+    rises steadily this is its first crossing).
     """
 
     kind: Literal["edge_onset"] = "edge_onset"
@@ -308,10 +308,13 @@ class EdgeOnset(_Scalarizer):
         c = np.asarray(record.counts, np.float64)
         sig = _smooth(c - power_law_background(e, c, pre), self.smooth_eV, record.dispersion_eV)
         s, es = sig[idx], e[idx]
-        top = int(np.argmax(s))
-        level = self.fraction * s[top]
-        below = np.flatnonzero(s[: top + 1] < level)
-        i = int(below[-1]) + 1 if below.size else 0  # start of the run above the level that holds the maximum
+        level = self.fraction * s.max()
+        hold = max(3, int(round(2 * self.smooth_eV / record.dispersion_eV)))
+        above = s >= level
+        # the first channel from which the signal stays at or above the level for `hold` channels
+        runs = np.convolve(above.astype(int), np.ones(hold, dtype=int), mode="full")[hold - 1 :]
+        lasting = np.flatnonzero((runs >= min(hold, above.size)) & above)
+        i = int(lasting[0]) if lasting.size else int(np.argmax(above))
         if i == 0:
             return float(es[0])
         return float(es[i - 1] + (level - s[i - 1]) * (es[i] - es[i - 1]) / (s[i] - s[i - 1]))
