@@ -160,30 +160,48 @@ def candidates(spec: RunSpec, smap: SurveyMap, present: dict[str, int], survey_s
             "dim_site_brighter": "sublattice_dim",
             "bright_site_brighter": "sublattice_bright",
         }
-        for i, c in enumerate(defect):
-            what = f"{element} " if element else ""
+        what = f"{element} " if element else ""
+        if defect:
+            best = defect[0]
             out.append(
                 _hyp(
-                    f"{what}{sig.describe()} is localized at the {c} columns: at least twice that of the regular "
-                    f"{regular[c]} columns",
+                    f"{what}{sig.describe()} is localized at the {best} columns: at least twice that of the "
+                    f"regular {regular[best]} columns",
                     sig,
-                    LocalizedAt(at=c, versus=regular[c], min_ratio=2.0),
+                    LocalizedAt(at=best, versus=regular[best], min_ratio=2.0),
                     patch,
-                    f"the {c} sites carry the signal, the regular columns not",
-                    f"the {c} sites carry less than twice the regular columns' signal",
+                    f"the {best} sites carry the signal, the regular columns not",
+                    f"the {best} sites carry less than twice the regular columns' signal",
                 )
             )
-            if i == 0 and present.get("sublattice_bright") and present.get("sublattice_dim"):
-                out.append(
-                    _hyp(
-                        f"Control: {sig.describe()} is the same on the regular columns of both sublattices (within 2×)",
-                        sig,
-                        Uniform(over=["sublattice_bright", "sublattice_dim"], max_ratio=2.0),
-                        patch,
-                        "regular columns carry no more of it on one sublattice than the other",
-                        "one sublattice's regular columns carry more than twice the other's",
-                    )
+        for c in defect[1:]:
+            # a falsifiable control: another kind of candidate site carrying twice what the first does
+            # (a ratio against the regular columns, where a background-subtracted edge is ~0, cannot decide)
+            out.append(
+                _hyp(
+                    f"Control: {what}{sig.describe()} at the {c} columns is at least twice that at the {best} columns",
+                    sig,
+                    Contrast(a=c, b=best, direction="higher", min_ratio=2.0),
+                    patch,
+                    f"the {c} sites carry more of the signal than the {best} sites",
+                    f"the {c} sites carry less than twice the {best} sites' signal",
                 )
+            )
+        if (
+            sig.model_dump().get("background", "none") == "none"
+            and present.get("sublattice_bright")
+            and present.get("sublattice_dim")
+        ):
+            out.append(
+                _hyp(
+                    f"Control: {sig.describe()} is the same on the regular columns of both sublattices (within 2×)",
+                    sig,
+                    Uniform(over=["sublattice_bright", "sublattice_dim"], max_ratio=2.0),
+                    patch,
+                    "regular columns carry no more of it on one sublattice than the other",
+                    "one sublattice's regular columns carry more than twice the other's",
+                )
+            )
     if smap.interface is not None and present.get("bright_side") and present.get("dim_side"):
         onset = sig if isinstance(sig, EdgeOnset) else None
         if onset is not None:
@@ -274,9 +292,14 @@ def plan(
     budget_left: int,
     rounds_left: int,
     present: dict[str, int] | None = None,
+    max_stay_s: float = float("inf"),
     feedback: str | None = None,
 ) -> Plan:
-    """A plan for ``h``: the run's survey, unbiased spectra for the verdict, an active scan, monitors."""
+    """A plan for ``h``: the run's survey, unbiased spectra for the verdict, an active scan, monitors.
+
+    ``max_stay_s``: the longest the probe may stay on one spot within the dose-per-area limit
+    (``tools/dry_run.longest_stay_s``); repeats on a site never exceed it.
+    """
     tpl = spec.template
     present = present or {}
     budget = max(1, budget_left // max(rounds_left, 1))
@@ -293,19 +316,27 @@ def plan(
     share = min(share, budget)
     steps: list = [survey]
     per = max(2, share // max(len(strata), 1))
-    for c in site_strata:  # a class with few sites gets repeats on each (averaged per site by the verdict)
-        n_sites = present.get(c, per) if c in SITE_CLASSES else per
-        repeats = max(1, min(MAX_REPEATS, per // max(n_sites, 1)))
-        steps.append(
-            SitesStep(
-                at=c,
-                max_sites=max(1, min(per // repeats, n_sites)),
-                repeats=repeats,
-                dwell_s=tpl.spectrum_dwell_s,
-                energy_min_eV=lo,
-                energy_max_eV=hi,
-            )
+    # site classes, smallest first: a small class is measured whole (a census, with repeats on each
+    # site as far as the dose limit allows); what it leaves goes to the larger classes
+    left = share
+    ordered = sorted(site_strata, key=lambda c: present.get(c, per) if c in SITE_CLASSES else per)
+    for k, c in enumerate(ordered):
+        fair = max(2, left // (len(ordered) - k + len(audit_strata)))
+        n_sites = present.get(c, fair) if c in SITE_CLASSES else fair
+        repeats = max(
+            1, min(MAX_REPEATS, fair // max(n_sites, 1), _repeats_within(max_stay_s, tpl.spectrum_dwell_s))
         )
+        step = SitesStep(
+            at=c,
+            max_sites=max(1, min(fair // repeats, n_sites)),
+            repeats=repeats,
+            dwell_s=tpl.spectrum_dwell_s,
+            energy_min_eV=lo,
+            energy_max_eV=hi,
+        )
+        left -= step.spectra
+        steps.append(step)
+    per = max(2, left // max(len(audit_strata), 1)) if site_strata else per
     if audit_strata:
         steps.append(
             AuditStep(
@@ -350,12 +381,17 @@ def plan(
     return Plan(hypothesis_id=h.id, rationale=why + ".", steps=steps, author=AUTHOR)
 
 
+def _repeats_within(max_stay_s: float, dwell_s: float) -> int:
+    """Repeats of a spectrum on one spot that stay within the dose limit (at least one)."""
+    return MAX_REPEATS if not math.isfinite(max_stay_s) else max(1, int(max_stay_s // dwell_s))
+
+
 def _window(h: Hypothesis, tpl, caps: Capabilities) -> tuple[float, float]:
     """The template's window when it covers the signal, else one around the signal's energies."""
     s = h.signal.model_dump()
     vals = [float(v) for k, v in s.items() if k.endswith(("lo_eV", "hi_eV")) and isinstance(v, int | float)]
     lo, hi = max(tpl.energy_min_eV, caps.energy_min_eV), min(tpl.energy_max_eV, caps.energy_max_eV)
-    if vals and lo <= min(vals) and max(vals) <= hi:
+    if vals and lo <= min(vals) and max(vals) <= hi - caps.dispersion_eV:
         return lo, hi
     a, b = min(vals), max(vals)
     pad = max(0.25 * (b - a), 5 * caps.dispersion_eV)

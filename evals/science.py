@@ -29,9 +29,9 @@ from autoscope.agents.gates import GateRequest, GateResponse
 from autoscope.agents.run_spec import load_run_spec
 from autoscope.agents.runner import RunOptions, launch
 from autoscope.evals.truth import goal_truth_plasmonic, hypothesis_truth
+from autoscope.instruments.errors import ConfigError
 from autoscope.instruments.sim.oracle import Oracle
 from autoscope.instruments.sim.scenarios import make_microscope
-from autoscope.tools.ml.scalarizers import parse_scalarizer
 from autoscope.tools.plan import Hypothesis, Plan
 from autoscope.tools.store import RunStore
 from autoscope.tools.survey import IMAGE_STEP
@@ -49,7 +49,14 @@ _SL = {
     "kind": "band_intensity", "lo_eV": 165.0, "hi_eV": 185.0, "background": "power_law",
     "pre_lo_eV": 140.0, "pre_hi_eV": 160.0, "normalize": "dose",
 }  # fmt: skip
-_TIL = {"kind": "edge_onset", "lo_eV": 450.0, "hi_eV": 470.0, "pre_lo_eV": 435.0, "pre_hi_eV": 450.0, "fraction": 0.1}
+_TIL = {
+    "kind": "edge_onset",
+    "lo_eV": 450.0,
+    "hi_eV": 470.0,
+    "pre_lo_eV": 435.0,
+    "pre_hi_eV": 450.0,
+    "fraction": 0.1,
+}
 _LAM = {
     "kind": "band_intensity", "lo_eV": 828.0, "hi_eV": 858.0, "background": "power_law",
     "pre_lo_eV": 790.0, "pre_hi_eV": 825.0, "normalize": "dose",
@@ -99,6 +106,16 @@ HAND_WRITTEN: dict[str, list[tuple[dict, bool]]] = {
           "prediction": {"kind": "contrast", "a": "dim_side", "b": "bright_side", "min_ratio": 2.0}}, False),
     ],
 }  # fmt: skip
+
+
+def check_scenarios(names: Sequence[str]) -> None:
+    """``ConfigError`` naming ``scenarios`` for an unknown or empty choice (hand-written sets exist for each)."""
+    unknown = [n for n in names if n not in HAND_WRITTEN]
+    if unknown or not names:
+        raise ConfigError(
+            "scenarios",
+            f"unknown or no scenario: {', '.join(unknown) or '(none)'}; known: {', '.join(HAND_WRITTEN)}",
+        )
 
 
 def hand_written(scenario: str) -> list[tuple[dict, bool]]:
@@ -155,7 +172,9 @@ def score_run(run_dir: Path, scenario: str, seed: int, *, max_points: int = 300)
                 "ci": [v.get("ci_low"), v.get("ci_high")],
                 "holds": truth.holds,
                 "true_effect": truth.effect,
-                "agree": (v["outcome"] == "supported") == truth.holds if v["outcome"] != "inconclusive" else None,
+                "agree": (v["outcome"] == "supported") == truth.holds
+                if v["outcome"] != "inconclusive"
+                else None,
                 "false_supported": v["outcome"] == "supported" and not truth.holds,
                 "spectra": v.get("measurements", 0),
             }
@@ -170,7 +189,11 @@ def _score_goal(summary, scenario, seed, survey, plans, hyps) -> dict | None:
     if not hosts:
         return None
     hid = next(
-        (h.id for h in hyps.values() if h.prediction.kind == "localized_at" and h.prediction.versus == "substrate"),
+        (
+            h.id
+            for h in hyps.values()
+            if h.prediction.kind == "localized_at" and h.prediction.versus == "substrate"
+        ),
         None,
     )
     p, h = plans[hid], hyps[hid]
@@ -232,7 +255,9 @@ def aggregate(rows: Sequence[dict]) -> dict[str, Any]:
         "verdicts": n,
         "decided": len(decided),
         "agree_pct": 100.0 * sum(bool(r["agree"]) for r in decided) / len(decided) if decided else None,
-        "false_supported_pct": 100.0 * sum(r["false_supported"] for r in decided) / len(decided) if decided else None,
+        "false_supported_pct": 100.0 * sum(r["false_supported"] for r in decided) / len(decided)
+        if decided
+        else None,
         "inconclusive_pct": 100.0 * (n - len(decided)) / n if n else None,
         "confusion": table,
     }
@@ -258,8 +283,14 @@ def bench_science(
             jobs += [("hand", s, [e for e, _ in hand_written(scenario)]) for s in range(hand_seeds)]
             for kind, seed, edits in jobs:
                 n = len(edits) if edits else rounds
-                d = run_one(scenario, seed, base / f"{scenario}-{kind}-{seed}", rounds=n,
-                            budget=budget_per_round * n, edits=edits)
+                d = run_one(
+                    scenario,
+                    seed,
+                    base / f"{scenario}-{kind}-{seed}",
+                    rounds=n,
+                    budget=budget_per_round * n,
+                    edits=edits,
+                )
                 scored = score_run(d, scenario, seed)
                 for r in scored["rows"]:
                     r["kind"] = kind
@@ -283,5 +314,12 @@ def bench_science(
     return out
 
 
-__all__ = ["HAND_WRITTEN", "aggregate", "bench_science", "hand_responder", "run_one", "score_run"]
-del parse_scalarizer
+__all__ = [
+    "HAND_WRITTEN",
+    "aggregate",
+    "bench_science",
+    "check_scenarios",
+    "hand_responder",
+    "run_one",
+    "score_run",
+]

@@ -221,4 +221,16 @@ def dry_run(
     )
 
 
-__all__ = ["DryRun", "LimitCheck", "StepCost", "Usage", "dry_run"]
+def longest_stay_s(limits: SafetyLimits, caps: Capabilities, survey: SurveyStep, frames: int = 1) -> float:
+    """The longest the probe may stay on one spot (s) before the dry run's peak dose — ``frames``
+    survey frames plus that stay — reaches ``max_dose_e_per_A2``: the inverse of its peak formula."""
+    field_A2 = survey.fov_nm**2 * NM2_TO_A2
+    room = (
+        limits.max_dose_e_per_A2
+        - frames * electrons(survey.current_pA, survey.dwell_s * survey.pixels**2) / field_A2
+    )
+    per_s = electrons(survey.current_pA, 1.0) / (caps.probe_fwhm_nm**2 * NM2_TO_A2)
+    return max(room, 0.0) / per_s
+
+
+__all__ = ["DryRun", "LimitCheck", "StepCost", "Usage", "dry_run", "longest_stay_s"]

@@ -370,7 +370,7 @@ def check_plan(plan: Plan, h: Hypothesis, caps: Capabilities) -> None:
                 f"energy window {a:g}–{b:g} eV (step {i}) lies outside the spectrometer's "
                 f"{caps.energy_min_eV:g}–{caps.energy_max_eV:g} eV"
             )
-        if lo < a or hi > b:
+        if lo < a or hi > b - caps.dispersion_eV / 2:  # the last channel's centre is one channel below b
             raise PlanValidationError(
                 f"energy window {a:g}–{b:g} eV does not cover the hypothesis signal ({lo:g}–{hi:g} eV)"
             )

@@ -341,7 +341,11 @@ def _audit(run: _Run, step: AuditStep, budget: int, h: Hypothesis, smap, survey,
         )
         taken[c] += 1
         k += 1
-        values[c].append(float(h.signal(rec)))
+        try:
+            values[c].append(float(h.signal(rec)))
+        except ValueError as exc:  # a spectrum the signal cannot be read from: a failed measurement
+            log.warning("%s: %s", run.prefix, exc)
+            values[c].append(float("nan"))
 
     def body() -> bool:
         if step.allocation == "equal":

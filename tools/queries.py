@@ -40,11 +40,13 @@ class StratumValue(NamedTuple):
     y_nm: float
     feature: int | None
     site: int | None  # the site index of a sites step (its repeats share it)
+    sd: float = float("nan")  # the value's shot-noise sd (nan when not asked for)
 
 
-def strata_values(store: RunStore, h: Hypothesis) -> dict[str, list[StratumValue]]:
+def strata_values(store: RunStore, h: Hypothesis, *, noise: bool = False) -> dict[str, list[StratumValue]]:
     """The audit and site spectra of ``h`` grouped by their stratum (class), with the signal of each,
-    read back from the store; non-finite values are kept (the verdict counts and drops them)."""
+    read back from the store; non-finite values are kept (the verdict counts and drops them).
+    ``noise``: also each value's shot-noise sd (the scalarizer's seeded parametric bootstrap)."""
     out: dict[str, list[StratumValue]] = {}
     seen: set[str] = set()
     for e in _spectra(store):
@@ -52,13 +54,15 @@ def strata_values(store: RunStore, h: Hypothesis) -> dict[str, list[StratumValue
         if not sid.startswith(f"{h.id}-") or "stratum" not in e or sid in seen:
             continue
         seen.add(sid)
+        rec = store.load(sid)
         try:
-            y = float(h.signal(store.load(sid)))
+            y = float(h.signal(rec))
+            sd = float(h.signal.uncertainty(rec)) if noise else float("nan")
         except ValueError as exc:  # a spectrum the signal cannot be read from is a failed measurement
             log.warning("%s: %s", sid, exc)
-            y = float("nan")
+            y = sd = float("nan")
         out.setdefault(e["stratum"], []).append(
-            StratumValue(sid, y, float(e["x_nm"]), float(e["y_nm"]), e.get("feature"), e.get("site"))
+            StratumValue(sid, y, float(e["x_nm"]), float(e["y_nm"]), e.get("feature"), e.get("site"), sd)
         )
     return out
 
@@ -71,9 +75,14 @@ def per_site(values: list[StratumValue]) -> list[StratumValue]:
         groups.setdefault(v.step_id if v.site is None else ("site", v.site), []).append(v)
     out = []
     for vs in groups.values():
-        finite = [v.value for v in vs if v.value == v.value]
-        mean = sum(finite) / len(finite) if finite else float("nan")
-        out.append(vs[0]._replace(value=mean))
+        finite = [v for v in vs if v.value == v.value]
+        mean = sum(v.value for v in finite) / len(finite) if finite else float("nan")
+        sd = (
+            (sum(v.sd**2 for v in finite) / len(finite)) ** 0.5 / len(finite) ** 0.5
+            if finite
+            else float("nan")
+        )
+        out.append(vs[0]._replace(value=mean, sd=sd))
     return out
 
 

@@ -56,6 +56,7 @@ class ClassEstimate(BaseModel):
     mean: float | None
     sd: float | None
     df: float | None = None
+    population: int | None = Field(None, description="members of the class (None: unknown, treated as many)")
     ci_low: float | None = None
     ci_high: float | None = None
 
@@ -95,18 +96,29 @@ class Effect(BaseModel):
 
 
 def class_estimates(
-    data: Mapping[str, Sequence[float]], level: float = LEVEL, *, trim: float = 0.0
+    data: Mapping[str, Sequence[float]],
+    level: float = LEVEL,
+    *,
+    trim: float = 0.0,
+    noise: Mapping[str, Sequence[float]] | None = None,
+    population: Mapping[str, int] | None = None,
 ) -> dict[str, ClassEstimate]:
     """Location, spread and t interval of each stratum's finite values.
 
+    ``noise`` (the measurement sd of each value, e.g. its shot noise) and ``population`` (the
+    class's size N) make the interval design-based for a finite class: SE² = (1 − n/N)·S²/n +
+    σ̄²/n, with S² the spread of the true values (observed spread less the measurement noise).
+    When every member was measured (a census of a class's sites) only the measurement noise
+    remains; without N the class counts as infinite and SE² = s²/n, as usual.
     ``trim`` > 0: Yuen's trimmed mean (that fraction cut from each end) with the winsorized
     variance, robust to the occasional spectrum whose value noise threw far off (an edge
     onset found on a noise excursion).
     """
     out = {}
     for cls, values in data.items():
-        y = np.sort(np.asarray(values, dtype=np.float64))
-        y = y[np.isfinite(y)]
+        raw = np.asarray(values, dtype=np.float64)
+        keep = np.isfinite(raw)
+        y = np.sort(raw[keep])
         n = int(y.size)
         if n == 0:
             out[cls] = ClassEstimate(cls=cls, n=0, mean=None, sd=None)
@@ -115,13 +127,25 @@ def class_estimates(
         h = n - 2 * g
         mean = float(y[g : n - g].mean())
         sd = df = lo = hi = None
-        if h > 1:
+        big_n = (population or {}).get(cls)
+        sig = np.asarray((noise or {}).get(cls, []), dtype=np.float64)
+        if g == 0 and big_n and sig.size == raw.size and np.all(np.isfinite(sig[keep])) and n > 1:
+            meas2 = float(np.mean(sig[keep] ** 2))
+            spread2 = max(float(y.var(ddof=1)) - meas2, 0.0)
+            sampling = (1.0 - min(n / big_n, 1.0)) * spread2 / n
+            se = math.sqrt(sampling + meas2 / n)
+            df = 1e6 if sampling <= 0 else max(float(n - 1), (n - 1) * (se**2 / sampling) ** 2)
+            sd = se * math.sqrt(n)
+        elif h > 1:
             w = np.clip(y, y[g], y[n - 1 - g])
             se = math.sqrt(float(w.var(ddof=1)) * (n - 1) / (h * (h - 1)))
             sd, df = se * math.sqrt(n), float(h - 1)
-            half = stats.t.ppf(0.5 + level / 2, df) * se
+        if sd is not None:
+            half = stats.t.ppf(0.5 + level / 2, df) * sd / math.sqrt(n)
             lo, hi = mean - half, mean + half
-        out[cls] = ClassEstimate(cls=cls, n=n, mean=mean, sd=sd, df=df, ci_low=lo, ci_high=hi)
+        out[cls] = ClassEstimate(
+            cls=cls, n=n, mean=mean, sd=sd, df=df, ci_low=lo, ci_high=hi, population=big_n
+        )
     return out
 
 
@@ -176,10 +200,15 @@ def judge(
     energy: bool = False,
     features: Sequence[tuple[float, float]] = (),
     level: float = LEVEL,
+    noise: Mapping[str, Sequence[float]] | None = None,
+    population: Mapping[str, int] | None = None,
 ) -> tuple[Effect, dict[str, ClassEstimate]]:
     """The effect of prediction ``p`` from strata ``data`` (class → values) or trend ``features``
-    ((covariate, value) per feature), with its interval and outcome."""
-    ests = class_estimates(data, level, trim=ENERGY_TRIM if energy else 0.0)
+    ((covariate, value) per feature), with its interval and outcome; ``noise`` and ``population``
+    as in ``class_estimates``."""
+    ests = class_estimates(
+        data, level, trim=ENERGY_TRIM if energy else 0.0, noise=noise, population=population
+    )
     if isinstance(p, Trend):
         return _trend(p, features, level), ests
     return judge_estimates(p, ests, energy=energy, level=level), ests

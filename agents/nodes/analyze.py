@@ -22,7 +22,7 @@ from autoscope.tools.figures import evidence_figure
 from autoscope.tools.grounding import population_grid
 from autoscope.tools.grounding.model import interface_distance
 from autoscope.tools.plan import Hypothesis
-from autoscope.tools.plan_engine import RoundResult
+from autoscope.tools.plan_engine import RoundResult, site_targets, stratum_population
 from autoscope.tools.predictions import PARTICLE_COVARIATES, Trend
 from autoscope.tools.queries import StratumValue, per_site, strata_values
 from autoscope.tools.survey import IMAGE_STEP
@@ -64,16 +64,31 @@ def trend_features(h: Hypothesis, strata: dict[str, list[StratumValue]], smap) -
     return [(float(di), v.value) for di, v in zip(d, vals, strict=True)]
 
 
+def population_sizes(h: Hypothesis, strata: dict[str, list[StratumValue]], smap, survey) -> dict[str, int]:
+    """Members of each stratum's class: its sites for a sites step, its population for an audit."""
+    out = {}
+    for c, vs in strata.items():
+        if any("-site-" in v.step_id for v in vs):
+            out[c] = len(site_targets(smap, c))
+        else:
+            out[c] = len(stratum_population(smap, c, h, survey))
+    return out
+
+
 def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     ctx = runtime.context
     h = Hypothesis.model_validate(state["hypothesis"])
     result = RoundResult.model_validate(state["result"])
     ctx.status(f"analyze {h.id}")
     smap = ctx.survey_map()
-    strata = {c: per_site(vs) for c, vs in strata_values(ctx.store, h).items()}
+    strata = {c: per_site(vs) for c, vs in strata_values(ctx.store, h, noise=not h.energy_signal).items()}
     data = {c: [v.value for v in vs] for c, vs in strata.items()}
+    noise = {c: [v.sd for v in vs] for c, vs in strata.items()}
+    population = population_sizes(h, strata, smap, ctx.store.load(IMAGE_STEP))
     features = trend_features(h, strata, smap) if isinstance(h.prediction, Trend) else []
-    effect, ests = judge(h.prediction, data, energy=h.energy_signal, features=features)
+    effect, ests = judge(
+        h.prediction, data, energy=h.energy_signal, features=features, noise=noise, population=population
+    )
     signal = h.signal.describe()
     evidence = [
         f"claim: {h.prediction.claim(signal)}; null: {h.prediction.null(signal)}",

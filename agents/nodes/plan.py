@@ -8,6 +8,7 @@ from autoscope.agents import deterministic
 from autoscope.agents.context import RunContext
 from autoscope.agents.proposing import propose
 from autoscope.agents.state import GraphState
+from autoscope.tools.dry_run import longest_stay_s
 from autoscope.tools.plan import Hypothesis, Plan, PlanValidationError, SurveyStep, check_plan
 
 #: fewest audit spectra per class an LLM-written plan may ask for (fewer give no useful interval)
@@ -42,6 +43,8 @@ def plan(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
 
     present = state["survey"].get("classes") or {}
 
+    stay = longest_stay_s(ctx.microscope.limits, caps, survey)
+
     def fallback() -> Plan:
         return deterministic.plan(
             ctx.spec,
@@ -51,6 +54,7 @@ def plan(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
             budget_left=left,
             rounds_left=rounds,
             present=present,
+            max_stay_s=stay,
             feedback=feedback,
         )
 

@@ -12,7 +12,9 @@ from autoscope.agents.context import RunContext
 from autoscope.agents.gates import GateRequest, GateResponse, ask, gate_update
 from autoscope.agents.state import GraphState
 from autoscope.tools.dry_run import DryRun
-from autoscope.tools.plan import Hypothesis, Plan, check_hypothesis, check_plan
+from autoscope.tools.grounding import population_grid
+from autoscope.tools.plan import Hypothesis, Plan, check_grounded, check_hypothesis, check_plan
+from autoscope.tools.survey import IMAGE_STEP
 from autoscope.tools.verdicts import Verdict
 
 
@@ -35,6 +37,8 @@ def hypothesis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[
     ctx = runtime.context
     h = state["hypothesis"]
     caps = ctx.microscope.capabilities()
+    smap = ctx.survey_map()
+    grid = population_grid(ctx.store.load(IMAGE_STEP)).xy_nm
     req = GateRequest(
         gate="hypothesis",
         round=state["round"],
@@ -46,13 +50,18 @@ def hypothesis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[
     def validate(resp: GateResponse) -> GraphState:
         if resp.action != "edit":
             return {}
-        edited = Hypothesis.model_validate({**h, **(resp.edit or {}), "id": h["id"]})
+        edited = Hypothesis.model_validate(
+            {**h, **(resp.edit or {}), "id": h["id"], "author": f"edited by {resp.actor} ({resp.who})"}
+        )
         check_hypothesis(edited, caps)
+        check_grounded(edited, smap, grid)
         return {"hypothesis": edited.model_dump(mode="json")}
 
     resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
     ctx.gate_answered()
     _record(ctx, decision)
+    if update.get("hypothesis"):  # the log holds the hypothesis that is tested, not only the proposal
+        ctx.store.append_event("hypothesis", **update["hypothesis"])
     return gate_update(resp, decision, update)
 
 
