@@ -375,6 +375,7 @@ def bench_llm_cmd(
             "s/prop. (median)",
             "load (s)",
             "run (s, median)",
+            "differs from example",
             title=f"LLM proposals: {seeds} seed(s), budget {budget}, {rounds} rounds, "
             f"{result['cpus']} CPUs (load {result['load_avg_start'][0]:.1f})",
         )
@@ -395,6 +396,7 @@ def bench_llm_cmd(
                     _num_cell(row["median_proposal_latency_s"]),
                     _num_cell(load_s),
                     _num_cell(row["run_wall_s_median"]),
+                    _pct_cell(row.get("differs_from_example_pct")),
                 )
         Console().print(table)
 

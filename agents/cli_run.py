@@ -100,6 +100,10 @@ def run(
     rounds: Annotated[int | None, typer.Option(min=1, help="Hypotheses to test at most.")] = None,
     remote: Annotated[str | None, typer.Option(help="URL of a served instrument.")] = None,
     token: Annotated[str | None, typer.Option(help="Bearer token of the remote instrument.")] = None,
+    replay: Annotated[
+        Path | None,
+        typer.Option(help="A recorded spectrum image to run on (the scenario gives the template)."),
+    ] = None,
     limits: Annotated[Path | None, typer.Option(help="Safety limits file.")] = None,
     sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
 ) -> None:
@@ -122,7 +126,13 @@ def run(
         )
         run_dir = out or load_settings().runs_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
         options = RunOptions(
-            autonomy=autonomy, llm=llm, limits=limits, sim_config=sim_config, remote=remote, token=token
+            autonomy=autonomy,
+            llm=llm,
+            limits=limits,
+            sim_config=sim_config,
+            remote=remote,
+            token=token,
+            replay=replay,
         )
         holder: dict = {}
         with _display(spec.total_budget) as (on_step, on_status), _interruptible(holder):

@@ -180,6 +180,31 @@ def run_graph(
     return RunOutcome(run_dir=run_dir, status=status, summary=summ, pending=pending)
 
 
+def fit_template(spec: RunSpec, caps) -> RunSpec:
+    """The run's template with a survey field the instrument can scan (a recording covers less than
+    a twin): the largest square field inside its stage travel, centred there."""
+    sv = spec.template.survey
+    side = min(
+        caps.max_fov_nm, caps.stage.x_max_nm - caps.stage.x_min_nm, caps.stage.y_max_nm - caps.stage.y_min_nm
+    )
+    if sv.fov_nm <= side:
+        return spec
+    survey = sv.model_copy(
+        update={
+            "fov_nm": side,
+            "center_x_nm": (caps.stage.x_min_nm + caps.stage.x_max_nm) / 2,
+            "center_y_nm": (caps.stage.y_min_nm + caps.stage.y_max_nm) / 2,
+        }
+    )
+    log.info(
+        "survey field %.4g nm is larger than the instrument's %.4g nm: surveying %.4g nm",
+        sv.fov_nm,
+        side,
+        side,
+    )
+    return spec.model_copy(update={"template": spec.template.with_(survey=survey.model_dump())})
+
+
 @dataclass
 class RunOptions:
     """What ``autoscope run``/``resume``/``chat`` choose beyond the run file."""
@@ -190,6 +215,7 @@ class RunOptions:
     sim_config: Path | None = None
     remote: str | None = None
     token: str | None = None
+    replay: Path | None = None
 
 
 def launch(
@@ -219,6 +245,7 @@ def launch(
         backend = options.llm or record["llm"]
         limits_path = options.limits or (Path(record["limits"]) if record.get("limits") else None)
         remote = options.remote or record.get("remote")
+        replay = options.replay or (Path(record["replay"]) if record.get("replay") else None)
         sim_config = options.sim_config or (Path(record["sim_config"]) if record.get("sim_config") else None)
         run_id = record["run_id"]
         before = AutonomyPolicy.model_validate({"level": record["autonomy"]})
@@ -233,6 +260,7 @@ def launch(
         autonomy = options.autonomy or settings.autonomy
         backend = options.llm or settings.llm
         limits_path, remote, sim_config = options.limits, options.remote, options.sim_config
+        replay = options.replay
         run_id = f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
     policy = AutonomyPolicy.model_validate({"level": autonomy})
     limits = SafetyLimits.from_file(limits_path or settings.limits_file)
@@ -252,13 +280,15 @@ def launch(
                     "llm": backend,
                     "limits": str(limits_path) if limits_path else None,
                     "remote": remote,
+                    "replay": str(replay) if replay else None,
                     "sim_config": str(sim_config) if sim_config else None,
                 },
             )
         inner = open_backend(
-            scenario=None if remote else spec.scenario,
+            scenario=None if remote or replay else spec.scenario,
             seed=spec.seed,
             sim_config=sim_config,
+            replay=replay,
             remote=remote,
             token=options.token or settings.token,
             timeout_s=settings.remote_timeout_s,
@@ -266,6 +296,8 @@ def launch(
         )
         if wrap_backend is not None:
             inner = wrap_backend(inner)
+        if replay is not None:
+            spec = fit_template(spec, inner.capabilities())
         scope = SafeMicroscope(
             inner, limits, on_event=lambda e: store.append_event(**e), history=store.events("acquisition")
         )

@@ -161,6 +161,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     rates = [int(c["completion_tokens"]) / float(c["latency_s"]) for c in calls if float(c["latency_s"]) > 0]
     walls = [r["wall_s"] for r in runs]
     n = len(props)
+    novel = [h for r in runs for h in r.get("novelty", [])]
     return {
         "runs": len(runs),
         "runs_done": sum(1 for r in runs if r["status"] == "done"),
@@ -181,6 +182,12 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "median_proposal_latency_s": round(statistics.median(asked), 2) if asked else None,
         "run_wall_s_median": round(statistics.median(walls), 1) if walls else None,
         "wall_s_total": round(sum(walls), 1),
+        # the model's own hypotheses (not fallbacks): how many differ from the example shown
+        "model_hypotheses": len(novel),
+        "differs_from_example_pct": _pct(sum(h["differs_from_example"] for h in novel), len(novel)),
+        "runs_with_a_new_hypothesis": sum(
+            1 for r in runs if any(h["differs_from_example"] for h in r.get("novelty", []))
+        ),
     }
 
 
@@ -214,6 +221,20 @@ def run_one(
         "proposals": [p.as_dict() for p in props],
         "calls": calls,
         "hypotheses": s.get("hypotheses", []),
+        "novelty": [
+            {
+                k: e[k]
+                for k in (
+                    "hypothesis_id",
+                    "differs_from_example",
+                    "same_signal",
+                    "same_prediction",
+                    "classes",
+                )
+            }
+            for e in events
+            if e.get("kind") == "hypothesis_novelty"
+        ],
     }
 
 

@@ -44,12 +44,16 @@ def test_autonomous_run_without_llm_tests_two_hypotheses_and_keeps_checkpoints_s
     assert {d["actor"] for d in s["decisions"]} == {"policy"}
     assert all(d["checkpoint_id"] for d in s["decisions"])
     assert {d["gate"] for d in s["decisions"]} == {"hypothesis", "plan", "analysis"}
-    assert s["measurements"] == 30 + 4  # the run's budget plus the survey's spectra
+    survey = [e for e in spectra_events(tmp_path / "run") if e["step_id"].startswith("survey-spectrum-")]
+    assert 2 <= len(survey) <= 6  # one on each kind of feature the map found
+    assert s["measurements"] == 30 + len(survey)  # the run's budget plus the survey's spectra
     assert 0 < s["checkpoint_bytes"] < 64_000  # references, not arrays
     assert_store_consistent(tmp_path / "run")
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## H1" in report and "## H2" in report and "Verdict" in report
-    assert (tmp_path / "run" / "H1.png").stat().st_size > 10_000
+    assert (tmp_path / "run" / "H1-evidence.png").stat().st_size > 10_000
+    assert (tmp_path / "run" / "survey_map.png").stat().st_size > 10_000
+    assert s["answer"]["text"] and "## Answer to the goal" in report
 
 
 def test_manual_run_covers_reject_edit_redirect_and_approve(tmp_path: Path):
@@ -229,16 +233,18 @@ def test_a_stuck_scan_asks_a_person_who_lets_it_continue(tmp_path: Path):
     empty = {"kind": "band_intensity", "lo_eV": -1.9, "hi_eV": -1.4, "background": "linear"}
 
     def stuck_hypothesis(h):
-        return {**h, "signal": empty, "prediction": {"pattern": "uniform", "contrast": 3.0, "shift_eV": 0.5}}
+        return {**h, "signal": empty, "prediction": {"kind": "uniform", "over": ["rod_tip", "substrate"]}}
 
     def ask_on_stuck(plan):
         for s in plan["steps"]:
             if s["kind"] == "active_scan":
                 s.update(model="gp", energy_min_eV=-2.0, budget=40, y_transform="none")
+            if s["kind"] == "audit":
+                s["per_class"] = 3
             if s["kind"] == "intervention" and s["monitor"] == "stuck":
                 s["action"] = "ask"
             if s["kind"] == "stop_when":
-                s["max_measurements"] = 40
+                s["max_measurements"] = 46
         return plan
 
     person = ScriptedPerson([approve(), approve(), approve(), approve()])
@@ -247,14 +253,14 @@ def test_a_stuck_scan_asks_a_person_who_lets_it_continue(tmp_path: Path):
         script=[answer(stuck_hypothesis), answer(ask_on_stuck)],
         person=person,
         autonomy="supervised",
-        budget=40,
+        budget=46,
     )
     gates = [r.gate for r in person.requests]
     assert gates == ["plan", "intervention"]
     assert person.requests[1].proposal["kind"] == "stuck"
     stopped_at = person.requests[1].proposal["measurements"]
-    assert stopped_at < 40
-    assert out.summary["hypotheses"][0]["measurements"] == 40  # continued to the end of its budget
+    assert 6 < stopped_at < 46  # after the audit (6), during the scan
+    assert out.summary["hypotheses"][0]["measurements"] == 46  # continued to the end of its budget
     assert_store_consistent(tmp_path / "run")
 
 

@@ -90,6 +90,15 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     author = h.author if h.author == deterministic.AUTHOR else f"{ctx.llm.backend}:{ctx.llm.model}"
     h = h.model_copy(update={"id": hid, "author": author})
     ctx.store.append_event("hypothesis", **h.model_dump(mode="json"))
+    if not fell_back and ctx.llm.backend != "none":  # how far the model moved from the example it was shown
+        ctx.store.append_event(
+            "hypothesis_novelty",
+            hypothesis_id=hid,
+            differs_from_example=deterministic.key(h) != deterministic.key(proposal),
+            same_signal=h.signal == proposal.signal,
+            same_prediction=h.prediction == proposal.prediction,
+            classes=[c for c in h.prediction.classes() if c != "elsewhere"],
+        )
     out: GraphState = {
         "round": n,
         "hypothesis": h.model_dump(mode="json"),
