@@ -18,12 +18,37 @@ KEY_OF_SHAPE = {"rod": "rod_tip", "triangle": "triangle_corner", "cube": "cube_c
 WORD = {"supported": "yes", "refuted": "no", "inconclusive": "undecided"}
 
 
-def shape_hosts(verdict: dict, hypothesis: dict) -> dict[str, Any] | None:
-    """Per shape, whether it hosts the signal (yes/no/undecided) with the ratio to the substrate."""
+def pooled(ests: list[ClassEstimate]) -> ClassEstimate:
+    """One class's estimates from several rounds (independent random samples of the same class with
+    the same signal) as one: n-weighted mean, pooled sum of squares."""
+    ests = [e for e in ests if e.n and e.mean is not None]
+    n = sum(e.n for e in ests)
+    mean = sum(e.n * e.mean for e in ests) / n
+    ss = sum((e.n - 1) * (e.sd or 0.0) ** 2 + e.n * (e.mean - mean) ** 2 for e in ests)
+    sd = (ss / (n - 1)) ** 0.5 if n > 1 else None
+    df = None if len(ests) == 1 else float(n - 1)
+    return ests[0].model_copy(
+        update={"n": n, "mean": mean, "sd": sd, "df": df if len(ests) > 1 else ests[0].df}
+    )
+
+
+def shape_hosts(verdict: dict, hypothesis: dict, rounds: list[dict] = ()) -> dict[str, Any] | None:
+    """Per shape, whether it hosts the signal (yes/no/undecided) with the ratio to the substrate.
+
+    The unbiased spectra of every round that measured the same signal are pooled per class."""
     pred = hypothesis.get("prediction") or {}
     if pred.get("kind") != "localized_at" or pred.get("versus") != "substrate":
         return None
-    ests = {e["cls"]: ClassEstimate.model_validate(e) for e in verdict.get("by_class", [])}
+    same = [
+        r["verdict"]
+        for r in rounds
+        if r.get("verdict") and r["hypothesis"].get("signal") == hypothesis.get("signal")
+    ]
+    by: dict[str, list[ClassEstimate]] = {}
+    for v in same or [verdict]:
+        for e in v.get("by_class", []):
+            by.setdefault(e["cls"], []).append(ClassEstimate.model_validate(e))
+    ests = {c: pooled(es) for c, es in by.items()}
     if "substrate" not in ests:
         return None
     r = float(pred.get("min_ratio", 2.0))
@@ -59,7 +84,7 @@ def goal_answer(goal: str, rounds: list[dict]) -> dict[str, Any]:
                 "readable": v.get("readable", ""),
             }
         )
-        sh = shape_hosts(v, h)
+        sh = shape_hosts(v, h, rounds)
         if sh and hosts is None:
             hosts, signal = sh, v.get("claim", "").split(" at ")[0]
     lines = []

@@ -41,8 +41,9 @@ from autoscope.tools.plan import (
 from autoscope.tools.predictions import Contrast, LocalizedAt, Shift, Trend, Uniform
 
 AUTHOR = "deterministic planner (no LLM)"
-#: share of a round's spectra that the verdict's audit or site steps get (the rest maps the signal)
-AUDIT_SHARE = 0.5
+#: share of a round's spectra for the verdict's audit or site steps (the rest maps the signal): the
+#: verdict and the answer to the goal come from these alone
+AUDIT_SHARE = 0.7
 MIN_PER_CLASS = 6
 #: repeats of a spectrum on one site, at most (a small class of sites gets its share this way)
 MAX_REPEATS = 4
