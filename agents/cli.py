@@ -412,6 +412,7 @@ def bench_science_cmd(
     ] = 2,
     rounds: Annotated[int, typer.Option(min=1, max=20, help="Hypotheses per deterministic run.")] = 3,
     budget_per_round: Annotated[int, typer.Option(min=10, help="Spectra per hypothesis.")] = 60,
+    allocation: Annotated[str, typer.Option(help="Audit allocation: equal or discriminating.")] = "equal",
     keep: Annotated[Path | None, typer.Option(help="Keep the run directories (report.md) here.")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON (every scored verdict included).")
@@ -423,6 +424,8 @@ def bench_science_cmd(
     with _cli_errors():
         names = [s.strip() for s in scenarios.split(",") if s.strip()]
         check_scenarios(names)
+        if allocation not in ("equal", "discriminating"):
+            raise ConfigError("allocation", f"{allocation!r}: choose equal or discriminating")
         with _progress("bench", len(names) * (seeds + hand_seeds)) as advance:
             result = bench_science(
                 names,
@@ -430,6 +433,7 @@ def bench_science_cmd(
                 rounds=rounds,
                 budget_per_round=budget_per_round,
                 hand_seeds=hand_seeds,
+                allocation=allocation,
                 keep_dir=keep,
                 progress=advance,
             )

@@ -343,6 +343,7 @@ def plan(
             AuditStep(
                 classes=audit_strata,
                 per_class=per,
+                allocation=spec.audit_allocation,
                 spectrum_dwell_s=tpl.spectrum_dwell_s,
                 energy_min_eV=lo,
                 energy_max_eV=hi,
@@ -350,8 +351,8 @@ def plan(
         )
     used = sum(s.spectra for s in steps[1:])  # an upper bound: the share of the verdict
     scan = budget - used
-    if scan >= 4:
-        seeds = max(1, min(tpl.seed_points, scan // 4))
+    if scan >= 3:  # two seeds and one model-chosen spectrum at the least
+        seeds = max(2, min(tpl.seed_points, scan // 4))
         steps += [
             SeedStep(points=seeds),
             ActiveScanStep(

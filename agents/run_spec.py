@@ -9,6 +9,7 @@ deterministic planner needs and what the LLM is shown as the instrument's defaul
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +35,10 @@ class RunSpec(BaseModel):
     seed: int = 0
     rounds: int = Field(2, ge=1, le=20, description="hypotheses to test at most")
     budget: int = Field(0, ge=0, le=100_000, description="spectra for the whole run (0: the template's)")
+    audit_allocation: Literal["equal", "discriminating"] = Field(
+        "equal",
+        description="how the deterministic planner's audits spend their spectra (see tools/plan.AuditStep)",
+    )
     template: CampaignConfig
 
     @property

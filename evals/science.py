@@ -235,9 +235,18 @@ def hand_responder(edits: list[dict]) -> Callable[[GateRequest], GateResponse]:
 
 
 def run_one(
-    scenario: str, seed: int, out: Path, *, rounds: int, budget: int, edits: list[dict] | None = None
+    scenario: str,
+    seed: int,
+    out: Path,
+    *,
+    rounds: int,
+    budget: int,
+    edits: list[dict] | None = None,
+    allocation: str = "equal",
 ) -> Path:
-    spec = load_run_spec(None, scenario).model_copy(update={"seed": seed, "rounds": rounds, "budget": budget})
+    spec = load_run_spec(None, scenario).model_copy(
+        update={"seed": seed, "rounds": rounds, "budget": budget, "audit_allocation": allocation}
+    )
     if edits is None:
         launch(out, spec, RunOptions(autonomy="autonomous", llm="none"))
     else:
@@ -251,8 +260,10 @@ def aggregate(rows: Sequence[dict]) -> dict[str, Any]:
     for r in rows:
         table[r["outcome"]]["true" if r["holds"] else "false"] += 1
     n = len(rows)
+    spectra = [r["spectra"] for r in rows]
     return {
         "verdicts": n,
+        "unbiased_spectra_per_verdict": sum(spectra) / n if n else None,
         "decided": len(decided),
         "agree_pct": 100.0 * sum(bool(r["agree"]) for r in decided) / len(decided) if decided else None,
         "false_supported_pct": 100.0 * sum(r["false_supported"] for r in decided) / len(decided)
@@ -270,6 +281,7 @@ def bench_science(
     rounds: int = 3,
     budget_per_round: int = 60,
     hand_seeds: int = 2,
+    allocation: str = "equal",
     keep_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:

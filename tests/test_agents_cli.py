@@ -55,18 +55,31 @@ def test_run_without_llm_completes_on_every_scenario(tmp_path: Path, scenario: s
     assert r.stdout.strip() == str(out.resolve())
 
 
+def planned_ids(run_dir: Path, hid: str = "H1") -> list[str]:
+    """Every spectrum the run's (last) plan for ``hid`` asks for, by its exactly-once step id."""
+    from autoscope.tools.plan import Plan
+
+    plan = [e for e in RunStore.open(run_dir, read_only=True).events("plan") if e["hypothesis_id"] == hid][-1]
+    p = Plan.model_validate({k: v for k, v in plan.items() if k not in ("kind", "seq", "time_utc")})
+    n = dict(zip([s.kind for s in p.steps], p.step_spectra(), strict=False))
+    return [f"{hid}-audit-{k:04d}" for k in range(n.get("audit", 0))] + [
+        f"{hid}-al-{k:04d}" for k in range(n.get("active_scan", 0))
+    ]
+
+
 def test_sigkill_during_execute_then_resume_repeats_and_loses_nothing(tmp_path: Path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "autoscope", "run", "--llm", "none", "--budget", "60", "--rounds", "1"]
-    sigkill_when(cmd + ["--out", str(out)], out / "events.jsonl", '"H1-al-', at_least=12)
+    sigkill_when(cmd + ["--out", str(out)], out / "events.jsonl", '"H1-audit-', at_least=12)
     before = acquisitions(out)
-    assert 12 <= sum(s.startswith("H1-al-") for s in before) < 60
+    planned = planned_ids(out)
+    assert 12 <= sum(s.startswith("H1-") for s in before) < len(planned) == 60
     r = autoscope("resume", str(out))
     assert r.returncode == 0, r.stderr
     after = acquisitions(out)
     assert len(after) == len(set(after)), "an acquisition was repeated"
     assert set(before) <= set(after), "an acquisition made before the kill was lost"
-    assert sorted(s for s in after if s.startswith("H1-al-")) == [f"H1-al-{k:04d}" for k in range(60)]
+    assert sorted(s for s in after if s.startswith("H1-")) == sorted(planned)  # each exactly once
     with h5py.File(out / "data.h5", "r") as f:
         assert set(f.keys()) == set(after)  # event log and HDF5 agree
     s = summary(out)
@@ -88,18 +101,19 @@ def test_a_run_stopped_at_a_gate_resumes_at_that_gate(tmp_path: Path):
     assert r.returncode == 3
     assert summary(out)["pending_gate"]["gate"] == "plan"
     plan = summary(out)["pending_gate"]["proposal"]
-    for step in plan["steps"]:
-        if step["kind"] == "active_scan":
-            step["budget"] = 7
+    steps = [s for s in plan["steps"] if s["kind"] not in ("seed", "active_scan")]  # the audit only
+    audit = next(s for s in steps if s["kind"] == "audit")
+    audit["per_class"] = 2
     edit = tmp_path / "plan.json"
-    edit.write_text(json.dumps({"steps": plan["steps"]}))
+    edit.write_text(json.dumps({"steps": steps}))
     r = autoscope("resume", str(out), "--answer", "edit", "--edit", str(edit))
     assert r.returncode == 3 and summary(out)["pending_gate"]["gate"] == "plan"
-    assert summary(out)["pending_gate"]["dry_run"]["spectra"] == 7
+    n = 2 * len(audit["classes"])
+    assert summary(out)["pending_gate"]["dry_run"]["spectra"] == n
     r = autoscope("resume", str(out), "--answer", "approve", "--autonomy", "autonomous")
     assert r.returncode == 0, r.stderr
     s = summary(out)
-    assert s["status"] == "done" and s["hypotheses"][0]["measurements"] == 7
+    assert s["status"] == "done" and s["hypotheses"][0]["measurements"] == n
     assert [(d["gate"], d["action"], d["actor"]) for d in s["decisions"]] == [
         ("hypothesis", "approve", "human"),
         ("plan", "edit", "human"),
@@ -114,7 +128,7 @@ def test_chat_session_with_two_approvals_and_one_edit_completes_a_campaign(tmp_p
         [
             "Find the rod-tip hot spots of the dipole plasmon",
             "? how many measurements so far",
-            "edit budget=8",
+            "edit per_class=3 max_measurements=12",
             "approve",
             "? which positions are strongest",
             "approve",
@@ -140,7 +154,7 @@ def test_chat_session_with_two_approvals_and_one_edit_completes_a_campaign(tmp_p
     s = summary(out)
     human = [(d["gate"], d["action"]) for d in s["decisions"] if d["actor"] == "human"]
     assert human == [("plan", "edit"), ("plan", "approve"), ("plan", "approve")]
-    assert s["hypotheses"][0]["measurements"] == 8
+    assert s["hypotheses"][0]["measurements"] == 12
     assert s["status"] == "done"
     state_goal = (out / "report.md").read_text()
     assert "Find the rod-tip hot spots of the dipole plasmon" in state_goal

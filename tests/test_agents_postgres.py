@@ -25,7 +25,7 @@ def test_a_run_checkpointed_in_postgres_stops_at_a_gate_and_resumes_there(
     import psycopg
 
     monkeypatch.setenv("AUTOSCOPE_CHECKPOINT_URL", URL)
-    first = run(tmp_path / "run", autonomy="manual", budget=10)
+    first = run(tmp_path / "run", autonomy="manual", budget=12)
     assert first.status == "stopped" and first.pending.gate == "hypothesis"
     assert not (tmp_path / "run" / "checkpoints.sqlite").exists()
     run_id = first.summary["run_id"]
@@ -36,5 +36,5 @@ def test_a_run_checkpointed_in_postgres_stops_at_a_gate_and_resumes_there(
     again = run(tmp_path / "run", person=person, autonomy="manual", resume=True)
     assert person.requests[0].gate == "hypothesis"
     assert person.requests[0].proposal == first.pending.proposal
-    assert again.status == "done" and again.summary["hypotheses"][0]["measurements"] == 10
+    assert again.status == "done" and again.summary["hypotheses"][0]["measurements"] == 12
     assert 0 < again.summary["checkpoint_bytes"] < 64_000
