@@ -305,7 +305,7 @@ def plan(
     present = present or {}
     budget = max(1, budget_left // max(rounds_left, 1))
     lo, hi = _window(h, tpl, caps)
-    strata = [c for c in verdict_strata(h)]
+    strata = [c for c in verdict_strata(h)] or [c for c in h.prediction.classes() if c in SITE_CLASSES]
     if isinstance(h.prediction, LocalizedAt) and h.prediction.versus == "substrate":
         # the goal's answer needs every shape's key class against the substrate: audit them all
         strata += [c for c in KEY_CLASSES if present.get(c, 0) >= 2 and c not in strata]

@@ -89,6 +89,10 @@ HAND_WRITTEN: dict[str, list[tuple[dict, bool]]] = {
         ({"statement": "The S L2,3 edge is stronger on the bright (Mo) sublattice", "signal": _SL,
           "prediction": {"kind": "contrast", "a": "sublattice_bright", "b": "sublattice_dim",
                          "direction": "higher", "min_ratio": 1.5}}, False),
+        ({"statement": "The brighter Mo-sublattice columns are W substituting Mo", "signal": _OK,
+          "prediction": {"kind": "identity", "at": "bright_site_brighter", "species": "W", "host": "Mo"}}, True),
+        ({"statement": "The dimmer S-sublattice columns are Se substituting S", "signal": _OK,
+          "prediction": {"kind": "identity", "at": "dim_site_dimmer", "species": "Se", "host": "S"}}, False),
     ],
     "oxide-interface": [
         ({"statement": "The Ti L3 onset rises from the bright to the dim side", "signal": _TIL,

@@ -41,7 +41,7 @@ from autoscope.tools.grounding.classes import (
     members,
 )
 from autoscope.tools.plan import Hypothesis
-from autoscope.tools.predictions import PARTICLE_COVARIATES, LocalizedAt, Trend, effect
+from autoscope.tools.predictions import PARTICLE_COVARIATES, Identity, LocalizedAt, Trend, effect
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +183,13 @@ def true_sites(
     *,
     field: tuple[tuple[float, float], float] | None = None,
     margin_nm: float = SITE_FIELD_MARGIN_NM,
+    defect_type: str | None = None,
 ) -> np.ndarray:
     """(n, 2) true positions of the lattice sites of a site class (MoS2, "tmd-defects").
 
     ``sample``: the oracle's ``TMDSample`` (``Oracle(scope)._sample``); ``field``: ((cx, cy),
-    fov_nm) of the survey; sites within ``margin_nm`` of its border are left out.
+    fov_nm) of the survey; sites within ``margin_nm`` of its border are left out;
+    ``defect_type`` (e.g. ``"W_Mo"``): only the sites of the class that hold that defect.
     """
     if cls not in SITE_CLASSES:
         raise ValueError(f"{cls!r} is not a lattice-site class")
@@ -196,13 +198,20 @@ def true_sites(
     metal, chalc = sample.column_positions_nm("metal"), sample.column_positions_nm("chalcogen")
     label = {"metal": np.full(len(metal), "sublattice_bright", dtype=object)}
     label["chalcogen"] = np.full(len(chalc), "sublattice_dim", dtype=object)
+    kinds = {
+        "metal": np.full(len(metal), "", dtype=object),
+        "chalcogen": np.full(len(chalc), "", dtype=object),
+    }
     for d in truth.get("defects", []):
         kind = "metal" if d["type"] == "W_Mo" else "chalcogen"
         cols = metal if kind == "metal" else chalc
         i = int(np.argmin(np.hypot(cols[:, 0] - d["x_nm"], cols[:, 1] - d["y_nm"])))
         label[kind][i] = DEFECT_CLASS[d["type"]]
+        kinds[kind][i] = d["type"]
     xy = np.concatenate([metal, chalc])
     keep = np.concatenate([label["metal"], label["chalcogen"]]) == cls
+    if defect_type is not None:
+        keep &= np.concatenate([kinds["metal"], kinds["chalcogen"]]) == defect_type
     if field is not None:
         (cx, cy), fov = field
         half = fov / 2 - margin_nm
@@ -378,7 +387,17 @@ def hypothesis_truth(
     ev = _Evaluator(scope, survey, h.signal, max_points, seed, **window)
     p = h.prediction
     rho = None
-    if isinstance(p, Trend):
+    if isinstance(p, Identity):
+        n_all = len(ev.population(p.at))
+        n_model = len(
+            true_sites(ev.truth, p.at, ev.sample, field=ev.field, defect_type=f"{p.species}_{p.host}")
+        )
+        ev.members[p.at] = ev.evaluated[p.at] = n_all
+        means = {p.at: n_model / n_all if n_all else math.nan}
+        rule = (
+            f"θ from the share of the true {p.at} sites that hold {p.species}_{p.host} ({n_model} of {n_all})"
+        )
+    elif isinstance(p, Trend):
         rho, means, rule = _trend(ev, p)
     else:
         means = {c: ev.mean(c, ev.population(c)) for c in p.classes()}

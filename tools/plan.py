@@ -26,7 +26,7 @@ from autoscope.tools.ml.acquisition import AcquisitionSpec
 from autoscope.tools.ml.base import MonitorKind
 from autoscope.tools.ml.descriptors import PatchSpec
 from autoscope.tools.ml.scalarizers import Scalarizer, require_kind
-from autoscope.tools.predictions import ENERGY_SIGNALS, LocalizedAt, Prediction
+from autoscope.tools.predictions import ENERGY_SIGNALS, Identity, LocalizedAt, Prediction
 
 
 class PlanValidationError(ValueError):
@@ -389,6 +389,8 @@ def verdict_strata(h: Hypothesis) -> list[str]:
     p = h.prediction
     if isinstance(p, LocalizedAt):
         return [p.at, p.versus]
+    if isinstance(p, Identity):
+        return []  # judged on the survey image itself
     return p.classes()
 
 

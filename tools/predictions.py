@@ -13,6 +13,7 @@ of the classes. The same definition serves both, so a verdict is scored on what 
 | ``contrast`` | class ``a`` is ``min_ratio``× higher (or lower) than class ``b`` | μ_a − r·μ_b (higher) or μ_b − r·μ_a (lower) |
 | ``shift`` | an energy (peak or edge onset) of ``b`` lies ``min_shift_eV`` above (or below) that of ``a`` | ±(E_b − E_a) − m |
 | ``trend`` | the signal (or energy) over the features of ``over`` rises/falls with a structural covariate | ± Spearman ρ (features ranked by the covariate) |
+| ``identity`` | the sites of ``at`` are ``species`` on ``host``: that defect model matches the survey image best at more than ``min_fraction`` of them | share − f |
 | ``uniform`` | the mean signal of every listed class is within ``max_ratio`` of every other (energies: within ``max_shift_eV``) | log r − max |log μ_i/μ_j| (energies: m − max |E_i − E_j|) |
 
 Intensity signals (band intensity, peak ratio) may be localized, contrasted, trended or
@@ -73,21 +74,26 @@ class LocalizedAt(_Prediction):
         return frozenset({"band_intensity", "peak_ratio"})
 
 
-class Contrast(_Prediction):
-    kind: Literal["contrast"] = "contrast"
+class _TwoClasses(_Prediction):
+    """A comparison of class ``b`` with class ``a``."""
+
     a: ClassName
     b: ClassName
-    direction: Literal["higher", "lower"] = Field("higher", description="a relative to b")
-    min_ratio: float = Field(1.5, gt=1.0, le=1000.0)
 
     @model_validator(mode="after")
-    def _distinct(self) -> Contrast:
+    def _distinct(self):
         if self.a == self.b:
             raise ValueError("a and b must be different classes")
         return self
 
     def classes(self) -> list[str]:
         return [self.a, self.b]
+
+
+class Contrast(_TwoClasses):
+    kind: Literal["contrast"] = "contrast"
+    direction: Literal["higher", "lower"] = Field("higher", description="a relative to b")
+    min_ratio: float = Field(1.5, gt=1.0, le=1000.0)
 
     def claim(self, signal: str) -> str:
         return f"{signal} at {self.a} is at least {self.min_ratio:g}× {self.direction} than at {self.b}"
@@ -99,24 +105,13 @@ class Contrast(_Prediction):
         return frozenset({"band_intensity", "peak_ratio"})
 
 
-class Shift(_Prediction):
+class Shift(_TwoClasses):
     kind: Literal["shift"] = "shift"
-    a: ClassName = Field(description="reference class")
-    b: ClassName
     direction: Literal["up", "down"] = Field("up", description="b's energy relative to a's")
     min_shift_eV: float = Field(0.5, gt=0.0, le=100.0)
     expected_eV: float | None = Field(
         None, description="a theory value of b − a (eV), checked beside the verdict"
     )
-
-    @model_validator(mode="after")
-    def _distinct(self) -> Shift:
-        if self.a == self.b:
-            raise ValueError("a and b must be different classes")
-        return self
-
-    def classes(self) -> list[str]:
-        return [self.a, self.b]
 
     def claim(self, signal: str) -> str:
         return f"{signal} at {self.b} lies at least {self.min_shift_eV:g} eV {'above' if self.direction == 'up' else 'below'} that at {self.a}"
@@ -174,8 +169,31 @@ class Uniform(_Prediction):
         return f"{signal} differs by more than {self.max_ratio:g}× (or {self.max_shift_eV:g} eV) between some of {', '.join(self.over)}"
 
 
+class Identity(_Prediction):
+    """What the sites of a class are, judged on the survey image by defect-model ranking (theory
+    in the loop): the model ``species`` on ``host`` must match the image best at most of them."""
+
+    kind: Literal["identity"] = "identity"
+    at: ClassName = Field(description="a lattice-site class, e.g. bright_site_brighter")
+    species: str = Field(min_length=1, max_length=3, description="the substituent element, e.g. W")
+    host: str = Field(min_length=1, max_length=3, description="the element it replaces, e.g. Mo")
+    min_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of the sites the model must win")
+
+    def classes(self) -> list[str]:
+        return [self.at]
+
+    def claim(self, signal: str) -> str:
+        return (
+            f"the {self.at} sites are {self.species} on {self.host}: the {self.species}_{self.host} model "
+            f"matches the survey image best at more than {self.min_fraction:.0%} of them"
+        )
+
+    def null(self, signal: str) -> str:
+        return f"at most {self.min_fraction:.0%} of the {self.at} sites are best matched by {self.species}_{self.host}"
+
+
 Prediction = Annotated[
-    Union[LocalizedAt, Contrast, Shift, Trend, Uniform],  # noqa: UP007 - a discriminated union
+    Union[LocalizedAt, Contrast, Shift, Trend, Uniform, Identity],  # noqa: UP007 - a discriminated union
     Field(discriminator="kind"),
 ]
 
@@ -204,6 +222,8 @@ def effect(
         if trend_rho is None:
             raise ValueError("a trend's effect needs Spearman's rho over the features")
         return trend_rho if p.sign == "increasing" else -trend_rho
+    if isinstance(p, Identity):
+        return means[p.at] - p.min_fraction  # the mean of 1 (the model wins) / 0 over the sites
     if isinstance(p, Uniform):
         vals = [means[c] for c in p.over]
         if energy:
@@ -219,6 +239,7 @@ __all__ = [
     "PARTICLE_COVARIATES",
     "Contrast",
     "Covariate",
+    "Identity",
     "LocalizedAt",
     "Prediction",
     "Shift",

@@ -79,6 +79,40 @@ def theory_evidence(
     return lines, (record or None)
 
 
+def identity_wins(
+    p, smap, survey: ImageRecord, rng_seed: int = 0, max_sites: int = 24
+) -> list[tuple[float, float, float]]:
+    """(x_nm, y_nm, won) for the sites of an identity claim's class: the defect-model ranking on the
+    survey image picks the named model at the site, at least 2σ above every alternative (1), or not (0)."""
+    import numpy as np
+
+    from autoscope.instruments.errors import InvalidRequest
+    from autoscope.theory.structures import DefectSpec
+    from autoscope.tools.theory import RankRequest, rank_at
+
+    pts = [xy for c in members(p.at) for xy in smap.site_positions(c)]
+    if smap.lattice is None or abs(smap.lattice.nn_distance_nm - MOS2_NN_NM) > 0.08 * MOS2_NN_NM:
+        return []
+    if len(pts) > max_sites:
+        pick = np.random.default_rng(rng_seed).choice(len(pts), max_sites, replace=False)
+        pts = [pts[i] for i in sorted(pick)]
+    out = []
+    defect = DefectSpec(kind="substitution", host=p.host, species=p.species)
+    for x, y in pts:
+        try:
+            req = RankRequest(x_nm=float(x), y_nm=float(y), defect=defect, patch_nm=1.2)
+            r = rank_at(survey, req).result
+        except (InvalidRequest, ValueError) as exc:  # near the border, or a host the model lacks there
+            log.info("identity: no ranking at (%.2f, %.2f) nm: %s", x, y, exc)
+            continue
+        at_site = next(
+            i for i, label in enumerate(r.labels) if label.startswith(f"{defect.label}@")
+        )  # nearest
+        won = r.best_index == at_site and (r.margin_sigma or 0.0) >= 2.0
+        out.append((float(x), float(y), 1.0 if won else 0.0))
+    return out
+
+
 def _rank(element: str, classes: list[str], strata: dict, smap, survey: ImageRecord):
     if abs(smap.lattice.nn_distance_nm - MOS2_NN_NM) > 0.08 * MOS2_NN_NM:
         return [

@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import stats
 
-from autoscope.tools.predictions import Contrast, LocalizedAt, Shift, Trend, Uniform
+from autoscope.tools.predictions import Contrast, Identity, LocalizedAt, Shift, Trend, Uniform
 
 Outcome = Literal["supported", "refuted", "inconclusive"]
 LEVEL = 0.95
@@ -206,6 +206,8 @@ def judge(
     """The effect of prediction ``p`` from strata ``data`` (class → values) or trend ``features``
     ((covariate, value) per feature), with its interval and outcome; ``noise`` and ``population``
     as in ``class_estimates``."""
+    if isinstance(p, Identity):
+        return _identity(p, data.get(p.at, []), level), class_estimates(data, level)
     ests = class_estimates(
         data, level, trim=ENERGY_TRIM if energy else 0.0, noise=noise, population=population
     )
@@ -220,15 +222,7 @@ def judge_estimates(
     """The effect of a class-mean prediction from per-class estimates (n, mean, sd)."""
     missing = [c for c in _needed(p) if c not in ests or ests[c].n < 2]
     if missing:
-        return Effect(
-            outcome="inconclusive",
-            statistic=_statistic(p, energy),
-            estimate=None,
-            ci_low=None,
-            ci_high=None,
-            readable="",
-            reason=f"fewer than 2 usable spectra in {', '.join(missing)}",
-        )
+        return _undecided(_statistic(p, energy), f"fewer than 2 usable spectra in {', '.join(missing)}")
     if isinstance(p, Uniform):
         return _uniform(p, ests, energy, level)
     coef = linear_coefficients(p, ests)
@@ -243,6 +237,19 @@ def judge_estimates(
         ci_low=lo,
         ci_high=hi,
         readable=_readable(p, ests, level),
+    )
+
+
+def _undecided(statistic: str, reason: str) -> Effect:
+    """An effect that cannot be estimated: inconclusive, with the reason."""
+    return Effect(
+        outcome="inconclusive",
+        statistic=statistic,
+        estimate=None,
+        ci_low=None,
+        ci_high=None,
+        readable="",
+        reason=reason,
     )
 
 
@@ -311,14 +318,9 @@ def _uniform(p: Uniform, ests: Mapping[str, ClassEstimate], energy: bool, level:
             res = _welch({i: 1.0, j: -1.0}, ests, lvl)
         else:
             if a.mean <= 0 or b.mean <= 0:
-                return Effect(
-                    outcome="inconclusive",
-                    statistic=_statistic(p, energy),
-                    estimate=None,
-                    ci_low=None,
-                    ci_high=None,
-                    readable="",
-                    reason=f"a class mean is not positive ({i}: {a.mean:.3g}, {j}: {b.mean:.3g}): ratios undefined",
+                return _undecided(
+                    _statistic(p, energy),
+                    f"a class mean is not positive ({i}: {a.mean:.3g}, {j}: {b.mean:.3g}): ratios undefined",
                 )
             res = _welch({i: 1.0 / a.mean, j: -1.0 / b.mean}, ests, lvl)
             res = (math.log(a.mean / b.mean), res[1], res[2])
@@ -349,15 +351,7 @@ def _trend(p: Trend, features: Sequence[tuple[float, float]], level: float) -> E
     f = [(c, v) for c, v in features if math.isfinite(c) and math.isfinite(v)]
     stat = _statistic(p, False)
     if len(f) < 4:
-        return Effect(
-            outcome="inconclusive",
-            statistic=stat,
-            estimate=None,
-            ci_low=None,
-            ci_high=None,
-            readable="",
-            reason=f"{len(f)} features with a value: a trend needs at least 4",
-        )
+        return _undecided(stat, f"{len(f)} features with a value: a trend needs at least 4")
     x, y = np.array(f).T
     rho = float(stats.spearmanr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else 0.0
     z, se = math.atanh(max(min(rho, 0.999999), -0.999999)), 1.06 / math.sqrt(len(f) - 3)
@@ -372,6 +366,27 @@ def _trend(p: Trend, features: Sequence[tuple[float, float]], level: float) -> E
         ci_low=tlo,
         ci_high=thi,
         readable=f"Spearman ρ = {rho:+.2f} [{lo:+.2f}, {hi:+.2f}] over {len(f)} features",
+    )
+
+
+def _identity(p: Identity, wins: Sequence[float], level: float) -> Effect:
+    """The share of sites the defect model won, with its Wilson score interval, against ``min_fraction``."""
+    w = [v for v in wins if v == v]
+    stat = f"θ = share of {p.at} sites best matched by {p.species}_{p.host} − {p.min_fraction:g}"
+    if len(w) < 2:
+        return _undecided(stat, f"{len(w)} {p.at} sites ranked: a share needs at least 2")
+    n, k = len(w), float(sum(w))
+    z = stats.norm.ppf(0.5 + level / 2)
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z * math.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    lo, hi = centre - half - p.min_fraction, centre + half - p.min_fraction
+    return Effect(
+        outcome=_outcome(lo, hi),
+        statistic=stat,
+        estimate=k / n - p.min_fraction,
+        ci_low=lo,
+        ci_high=hi,
+        readable=f"{int(k)} of {n} sites best matched by {p.species}_{p.host} (≥ 2σ over every alternative)",
     )
 
 

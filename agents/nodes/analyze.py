@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 from langgraph.runtime import Runtime
 
 from autoscope.agents.context import RunContext
@@ -23,10 +24,10 @@ from autoscope.tools.grounding import population_grid
 from autoscope.tools.grounding.model import interface_distance
 from autoscope.tools.plan import Hypothesis
 from autoscope.tools.plan_engine import RoundResult, site_targets, stratum_population
-from autoscope.tools.predictions import PARTICLE_COVARIATES, Trend
+from autoscope.tools.predictions import PARTICLE_COVARIATES, Identity, Trend
 from autoscope.tools.queries import StratumValue, per_site, strata_values
 from autoscope.tools.survey import IMAGE_STEP
-from autoscope.tools.theory_select import theory_evidence
+from autoscope.tools.theory_select import identity_wins, theory_evidence
 from autoscope.tools.verdicts import Verdict, judge
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ def trend_features(h: Hypothesis, strata: dict[str, list[StratumValue]], smap) -
         return out
     if smap.interface is None or not vals:
         return []
-    import numpy as np
-
     d = interface_distance(smap.interface, np.array([(v.x_nm, v.y_nm) for v in vals]))
     return [(float(di), v.value) for di, v in zip(d, vals, strict=True)]
 
@@ -68,7 +67,7 @@ def population_sizes(h: Hypothesis, strata: dict[str, list[StratumValue]], smap,
     """Members of each stratum's class: its sites for a sites step, its population for an audit."""
     out = {}
     for c, vs in strata.items():
-        if any("-site-" in v.step_id for v in vs):
+        if any("-site-" in v.step_id or v.step_id.startswith("rank-") for v in vs):
             out[c] = len(site_targets(smap, c))
         else:
             out[c] = len(stratum_population(smap, c, h, survey))
@@ -82,6 +81,11 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     ctx.status(f"analyze {h.id}")
     smap = ctx.survey_map()
     strata = {c: per_site(vs) for c, vs in strata_values(ctx.store, h, noise=not h.energy_signal).items()}
+    if isinstance(h.prediction, Identity):  # judged on the survey image: one ranking per site
+        wins = identity_wins(h.prediction, smap, ctx.store.load(IMAGE_STEP), ctx.spec.seed)
+        strata = {
+            h.prediction.at: [StratumValue(f"rank-{i}", w, x, y, None, i) for i, (x, y, w) in enumerate(wins)]
+        }
     data = {c: [v.value for v in vs] for c, vs in strata.items()}
     noise = {c: [v.sd for v in vs] for c, vs in strata.items()}
     population = population_sizes(h, strata, smap, ctx.store.load(IMAGE_STEP))

@@ -65,29 +65,17 @@ UNASSIGNED = "unassigned"
 
 #: unions a hypothesis may name as well (a group's name is not itself a class)
 ClassGroup = Literal["rod", "triangle", "cube", "particle", "lattice_site", "defect_site", "side"]
-CLASS_GROUPS: dict[str, tuple[str, ...]] = {
+_SHAPES = {
     "rod": ("rod_tip", "rod_side"),
     "triangle": ("triangle_corner", "triangle_edge", "triangle_face"),
     "cube": ("cube_corner", "cube_edge", "cube_face"),
-    "particle": (
-        "rod_tip",
-        "rod_side",
-        "triangle_corner",
-        "triangle_edge",
-        "triangle_face",
-        "cube_corner",
-        "cube_edge",
-        "cube_face",
-        "other_particle",
-    ),
-    "lattice_site": (
-        "sublattice_bright",
-        "sublattice_dim",
-        "bright_site_brighter",
-        "dim_site_dimmer",
-        "dim_site_brighter",
-    ),
-    "defect_site": ("bright_site_brighter", "dim_site_dimmer", "dim_site_brighter"),
+}
+_DEFECT_SITES = ("bright_site_brighter", "dim_site_dimmer", "dim_site_brighter")
+CLASS_GROUPS: dict[str, tuple[str, ...]] = {
+    **_SHAPES,
+    "particle": (*(c for cs in _SHAPES.values() for c in cs), "other_particle"),
+    "lattice_site": ("sublattice_bright", "sublattice_dim", *_DEFECT_SITES),
+    "defect_site": _DEFECT_SITES,
     "side": ("bright_side", "dim_side"),
 }
 #: a class or a group
