@@ -22,7 +22,7 @@ class InputState(TypedDict, total=False):
 
 
 class GraphState(InputState, total=False):
-    #: survey reference: step id, field, pixel size, dose, summary statistics, clusters
+    #: survey reference: step ids, field, pixel size, dose, the survey map (file name, summary, classes)
     survey: dict
     #: the run's bounds from its campaign file, so routing is a pure function of the state
     max_rounds: int

@@ -306,6 +306,7 @@ def bench_science(
                     rounds=n,
                     budget=budget_per_round * n,
                     edits=edits,
+                    allocation=allocation,
                 )
                 scored = score_run(d, scenario, seed)
                 for r in scored["rows"]:
