@@ -22,7 +22,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autoscope.agents import cli_run
+from autoscope.agents import cli_bench, cli_run
 from autoscope.agents.llm.base import LLMUnavailable
 from autoscope.agents.settings import load_settings
 from autoscope.instruments.config_files import read_mapping
@@ -401,77 +401,6 @@ def bench_llm_cmd(
         Console().print(table)
 
 
-@bench_app.command("science")
-def bench_science_cmd(
-    scenarios: Annotated[
-        str, typer.Option(help="Comma-separated scenarios.")
-    ] = "plasmonic,tmd-defects,oxide-interface",
-    seeds: Annotated[int, typer.Option(min=0, help="Deterministic runs (--llm none) per scenario.")] = 5,
-    hand_seeds: Annotated[
-        int, typer.Option(min=0, help="Runs with the hand-written hypotheses per scenario.")
-    ] = 2,
-    rounds: Annotated[int, typer.Option(min=1, max=20, help="Hypotheses per deterministic run.")] = 3,
-    budget_per_round: Annotated[int, typer.Option(min=10, help="Spectra per hypothesis.")] = 60,
-    allocation: Annotated[str, typer.Option(help="Audit allocation: equal or discriminating.")] = "equal",
-    keep: Annotated[Path | None, typer.Option(help="Keep the run directories (report.md) here.")] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON (every scored verdict included).")
-    ] = False,
-) -> None:
-    """Verdicts of whole runs scored against the twin's ground truth (agreement, false supported, inconclusive)."""
-    from autoscope.evals.science import bench_science, check_scenarios
-
-    with _cli_errors():
-        names = [s.strip() for s in scenarios.split(",") if s.strip()]
-        check_scenarios(names)
-        if allocation not in ("equal", "discriminating"):
-            raise ConfigError("allocation", f"{allocation!r}: choose equal or discriminating")
-        with _progress("bench", len(names) * (seeds + hand_seeds)) as advance:
-            result = bench_science(
-                names,
-                seeds,
-                rounds=rounds,
-                budget_per_round=budget_per_round,
-                hand_seeds=hand_seeds,
-                allocation=allocation,
-                keep_dir=keep,
-                progress=advance,
-            )
-        if as_json:
-            typer.echo(json.dumps(result, default=str))
-            return
-        table = Table(
-            "runs",
-            "verdicts",
-            "decided",
-            "agree",
-            "false supported",
-            "inconclusive",
-            title="Verdicts against the twin's ground truth",
-        )
-        rows = [
-            ("all", result["all"]),
-            ("deterministic", result["deterministic"]),
-            ("hand-written", result["hand_written"]),
-        ]
-        rows += list(result["by_scenario"].items())
-        for name, r in rows:
-            table.add_row(
-                name,
-                str(r["verdicts"]),
-                str(r["decided"]),
-                _pct_cell(r["agree_pct"]),
-                _pct_cell(r["false_supported_pct"]),
-                _pct_cell(r["inconclusive_pct"]),
-            )
-        Console().print(table)
-        for g in result["goal"]:
-            said = ", ".join(
-                f"{s}: {d['said']} (truth {'yes' if d['truth'] else 'no'})" for s, d in g["shapes"].items()
-            )
-            typer.echo(f"plasmonic seed {g['seed']} ({g['kind']}): which shapes host the band: {said}")
-
-
 def _pair(text: str, field: str) -> tuple[float, float]:
     try:
         x, y = (float(v) for v in text.split(","))
@@ -603,6 +532,7 @@ def instrument_serve(
         )
 
 
+bench_app.command("science")(cli_bench.science)
 app.command("run")(cli_run.run)
 app.command("resume")(cli_run.resume)
 app.command("chat")(cli_run.chat)
