@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from autoscope.tools.grounding.classes import KEY_CLASS_OF_SHAPE
 from autoscope.tools.predictions import LocalizedAt
 from autoscope.tools.verdicts import ClassEstimate, judge_estimates, ratio_ci
 
-KEY_OF_SHAPE = {"rod": "rod_tip", "triangle": "triangle_corner", "cube": "cube_corner"}
 WORD = {"supported": "yes", "refuted": "no", "inconclusive": "undecided"}
 
 
@@ -53,7 +53,7 @@ def shape_hosts(verdict: dict, hypothesis: dict, rounds: list[dict] = ()) -> dic
         return None
     r = float(pred.get("min_ratio", 2.0))
     out: dict[str, Any] = {}
-    for shape, key in KEY_OF_SHAPE.items():
+    for shape, key in KEY_CLASS_OF_SHAPE.items():
         if key not in ests or ests[key].n < 2:
             continue
         effect = judge_estimates(LocalizedAt(at=key, versus="substrate", min_ratio=r), ests)

@@ -22,7 +22,6 @@ from pymatgen.core import Element
 
 from autoscope.agents.run_spec import RunSpec
 from autoscope.instruments.records import Capabilities
-from autoscope.theory.compare import EDGE_TABLE
 from autoscope.tools.grounding.classes import KEY_CLASSES, SITE_CLASSES
 from autoscope.tools.grounding.model import SurveyMap
 from autoscope.tools.ml.scalarizers import BandIntensity, EdgeOnset, PeakPosition
@@ -36,9 +35,11 @@ from autoscope.tools.plan import (
     SitesStep,
     StopCondition,
     SurveyStep,
+    signal_window,
     verdict_strata,
 )
 from autoscope.tools.predictions import Contrast, LocalizedAt, Shift, Trend, Uniform
+from autoscope.tools.theory_select import edges_in
 
 AUTHOR = "deterministic planner (no LLM)"
 #: share of a round's spectra for the verdict's audit or site steps (the rest maps the signal): the
@@ -63,9 +64,7 @@ def _survey_signal(smap: SurveyMap, spectra, signal) -> dict[str, float]:
 
 
 def _edge_element(signal) -> str | None:
-    s = signal.model_dump()
-    lo, hi = s.get("lo_eV"), s.get("hi_eV")
-    refs = [r for r in EDGE_TABLE if lo is not None and lo - 5 <= r.onset_eV <= hi]
+    refs = edges_in(signal)
     return refs[0].element if refs else None
 
 
@@ -390,11 +389,9 @@ def _repeats_within(max_stay_s: float, dwell_s: float) -> int:
 
 def _window(h: Hypothesis, tpl, caps: Capabilities) -> tuple[float, float]:
     """The template's window when it covers the signal, else one around the signal's energies."""
-    s = h.signal.model_dump()
-    vals = [float(v) for k, v in s.items() if k.endswith(("lo_eV", "hi_eV")) and isinstance(v, int | float)]
+    a, b = signal_window(h)
     lo, hi = max(tpl.energy_min_eV, caps.energy_min_eV), min(tpl.energy_max_eV, caps.energy_max_eV)
-    if vals and lo <= min(vals) and max(vals) <= hi - caps.dispersion_eV:
+    if lo <= a and b <= hi - caps.dispersion_eV:
         return lo, hi
-    a, b = min(vals), max(vals)
     pad = max(0.25 * (b - a), 5 * caps.dispersion_eV)
     return max(caps.energy_min_eV, a - pad), min(caps.energy_max_eV, b + pad)

@@ -31,6 +31,7 @@ from autoscope.tools.grounding import population_grid
 from autoscope.tools.grounding.classes import (
     EDGE_DEPTH_FRACTION,
     INTERFACE_HALF_WIDTH_NM,
+    KEY_CLASS_OF_SHAPE,
     KEY_CLASSES,
     NEAR_MARGIN_NM,
     SHAPE_OF,
@@ -53,7 +54,6 @@ DEFECT_CLASS |= dict(V_S="dim_site_dimmer", V_S2="dim_site_dimmer")
 #: a band-intensity class mean smaller in magnitude than what this many spectra at the dwell could
 #: resolve (shot-noise sd of one spectrum's value / sqrt of it) counts as no signal: 0
 RESOLVABLE_SPECTRA = 10_000
-KEY_CLASS_OF_SHAPE = {"rod": "rod_tip", "triangle": "triangle_corner", "cube": "cube_corner"}
 
 
 class HypothesisTruth(BaseModel):

@@ -339,7 +339,7 @@ def plan_schema() -> dict:
 # ------------------------------------------------------------------- checks
 def check_hypothesis(h: Hypothesis, caps: Capabilities) -> None:
     """Refuse a hypothesis whose signal lies outside what the spectrometer records."""
-    lo, hi = _signal_window(h)
+    lo, hi = signal_window(h)
     if lo < caps.energy_min_eV or hi > caps.energy_max_eV:
         raise PlanValidationError(
             f"signal: its energies {lo:g}–{hi:g} eV lie outside the spectrometer's "
@@ -347,7 +347,8 @@ def check_hypothesis(h: Hypothesis, caps: Capabilities) -> None:
         )
 
 
-def _signal_window(h: Hypothesis) -> tuple[float, float]:
+def signal_window(h: Hypothesis) -> tuple[float, float]:
+    """The lowest and highest energy (eV) the hypothesis' signal reads."""
     s = h.signal.model_dump()  # the windows it reads (lo/hi, pre-edge, a/b bands), not widths or references
     values = [float(v) for k, v in s.items() if k.endswith(("lo_eV", "hi_eV")) and isinstance(v, int | float)]
     return (min(values), max(values)) if values else (0.0, 0.0)
@@ -362,7 +363,7 @@ def check_plan(plan: Plan, h: Hypothesis, caps: Capabilities) -> None:
         raise PlanValidationError(
             f"steps.0.fov_nm: {sv.fov_nm:g} nm exceeds the instrument's {caps.max_fov_nm:g}"
         )
-    lo, hi = _signal_window(h)
+    lo, hi = signal_window(h)
     windows = [(s.energy_min_eV, s.energy_max_eV) for s in plan.steps if hasattr(s, "energy_min_eV")]
     for i, (a, b) in enumerate(windows):
         if a < caps.energy_min_eV or b > caps.energy_max_eV:
@@ -432,5 +433,6 @@ __all__ = [
     "check_plan",
     "measured_strata",
     "plan_schema",
+    "signal_window",
     "verdict_strata",
 ]

@@ -166,7 +166,7 @@ class _Run:
     def point(
         self, step_id: str, kind: str, xy, dwell_s: float, lo: float, hi: float, **extra
     ) -> SpectrumRecord:
-        reused = step_id in self.store.completed_steps()
+        reused = self.store.has_step(step_id)
         rec = self.acq.spectrum(
             step_id,
             x_nm=float(xy[0]),

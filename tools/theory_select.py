@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 MOS2_NN_NM = 0.3160 / math.sqrt(3)
 
 
-def _edges_in(h: Hypothesis):
-    s = h.signal.model_dump()
+def edges_in(signal) -> list:
+    """Literature edges whose onset lies in (or up to 5 eV below) the band a signal reads."""
+    s = signal.model_dump()
     lo, hi = s.get("lo_eV"), s.get("hi_eV")
     if lo is None:
         return []
@@ -41,7 +42,7 @@ def theory_evidence(
     """Evidence lines and a JSON record of the theory tools the hypothesis' content calls for."""
     lines: list[str] = []
     record: dict = {}
-    edges = _edges_in(h)
+    edges = edges_in(h.signal)
     p = h.prediction
     if edges and h.signal.kind == "edge_onset":
         ref = edges[0]

@@ -80,15 +80,16 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     result = RoundResult.model_validate(state["result"])
     ctx.status(f"analyze {h.id}")
     smap = ctx.survey_map()
+    survey = ctx.store.load(IMAGE_STEP)
     strata = {c: per_site(vs) for c, vs in strata_values(ctx.store, h, noise=not h.energy_signal).items()}
     if isinstance(h.prediction, Identity):  # judged on the survey image: one ranking per site
-        wins = identity_wins(h.prediction, smap, ctx.store.load(IMAGE_STEP), ctx.spec.seed)
+        wins = identity_wins(h.prediction, smap, survey, ctx.spec.seed)
         strata = {
             h.prediction.at: [StratumValue(f"rank-{i}", w, x, y, None, i) for i, (x, y, w) in enumerate(wins)]
         }
     data = {c: [v.value for v in vs] for c, vs in strata.items()}
     noise = {c: [v.sd for v in vs] for c, vs in strata.items()}
-    population = population_sizes(h, strata, smap, ctx.store.load(IMAGE_STEP))
+    population = population_sizes(h, strata, smap, survey)
     features = trend_features(h, strata, smap) if isinstance(h.prediction, Trend) else []
     effect, ests = judge(
         h.prediction, data, energy=h.energy_signal, features=features, noise=noise, population=population
@@ -117,7 +118,7 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         evidence.append("the discriminating audit stopped early: its 99% interval had decided")
     if result.stopped_by:
         evidence.append(f"the plan ended early: {result.stopped_by}")
-    lines, theory = theory_evidence(h, strata, smap, ctx.store.load(IMAGE_STEP), features)
+    lines, theory = theory_evidence(h, strata, smap, survey, features)
     evidence += lines
     verdict = Verdict(
         hypothesis_id=h.id,
@@ -136,7 +137,6 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         theory=theory,
     )
     try:
-        survey = ctx.store.load(IMAGE_STEP)
         png = evidence_figure(
             survey,
             smap,

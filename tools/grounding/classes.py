@@ -85,6 +85,8 @@ ClassName = FeatureClass | ClassGroup
 SITE_CLASSES = frozenset(CLASS_GROUPS["lattice_site"])
 #: classes at the key points of a particle (a spectrum there sees the strongest corner/tip modes)
 KEY_CLASSES = frozenset({"rod_tip", "triangle_corner", "cube_corner"})
+#: the key class (tips, corners) of each particle shape
+KEY_CLASS_OF_SHAPE: dict[str, str] = {"rod": "rod_tip", "triangle": "triangle_corner", "cube": "cube_corner"}
 #: the shape a particle class belongs to
 SHAPE_OF: dict[str, str] = {c: shape for shape in ("rod", "triangle", "cube") for c in CLASS_GROUPS[shape]}
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoscope.tools.grounding.classes import DESCRIPTIONS, KEY_CLASSES
+from autoscope.tools.grounding.classes import DESCRIPTIONS
 from autoscope.tools.grounding.model import SurveyMap, interface_distance
-
-SHAPE_KEY = {"rod": "rod_tip", "triangle": "triangle_corner", "cube": "cube_corner"}
 
 
 def _range(values: list[float], unit: str = "") -> str:
@@ -126,4 +124,4 @@ def spectrum_positions(smap: SurveyMap, candidates_nm: np.ndarray, n: int) -> li
     return uniq[:n]
 
 
-__all__ = ["KEY_CLASSES", "map_summary", "spectrum_positions"]
+__all__ = ["map_summary", "spectrum_positions"]
