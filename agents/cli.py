@@ -376,6 +376,7 @@ def bench_llm_cmd(
             "load (s)",
             "run (s, median)",
             "differs from example",
+            "new test",
             title=f"LLM proposals: {seeds} seed(s), budget {budget}, {rounds} rounds, "
             f"{result['cpus']} CPUs (load {result['load_avg_start'][0]:.1f})",
         )
@@ -397,6 +398,7 @@ def bench_llm_cmd(
                     _num_cell(load_s),
                     _num_cell(row["run_wall_s_median"]),
                     _pct_cell(row.get("differs_from_example_pct")),
+                    _pct_cell(row.get("differs_in_substance_pct")),
                 )
         Console().print(table)
 

@@ -47,8 +47,10 @@ def propose(
     check: Callable[[T], None],
     fallback: Callable[[], T],
     purpose: str,
+    repair_example: str | None = None,
 ) -> tuple[T, dict | None]:
-    """The model's validated proposal, or the fallback's with ``{"purpose", "reason"}`` of the fallback."""
+    """The model's validated proposal, or the fallback's with ``{"purpose", "reason"}`` of the fallback.
+    ``repair_example``: a valid instance shown only when an answer needs repair."""
     if ctx.llm.backend == "none":
         return fallback(), None
     messages = [
@@ -63,6 +65,7 @@ def propose(
             purpose=purpose,
             retries=ctx.repair_retries,
             on_call=ctx.log_llm_call,
+            example=repair_example,
         )
     except LLMError as exc:
         reason = " ".join(str(exc).split())[:600]

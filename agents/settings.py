@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     openai_model: str = "gpt-4o-mini"
-    llm_timeout_s: float = Field(default=60.0, gt=0)
+    llm_timeout_s: float = Field(default=150.0, gt=0)
     llm_max_tokens: int = Field(default=768, ge=16)
     #: bounded repair attempts after an invalid structured answer
     llm_repair_retries: int = Field(default=2, ge=0, le=5)

@@ -188,6 +188,13 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "runs_with_a_new_hypothesis": sum(
             1 for r in runs if any(h["differs_from_example"] for h in r.get("novelty", []))
         ),
+        # another prediction kind, other classes or another signal kind (not only a threshold)
+        "differs_in_substance_pct": _pct(
+            sum(h.get("differs_in_substance", False) for h in novel), len(novel)
+        ),
+        "runs_with_a_new_test": sum(
+            1 for r in runs if any(h.get("differs_in_substance", False) for h in r.get("novelty", []))
+        ),
     }
 
 
@@ -223,10 +230,11 @@ def run_one(
         "hypotheses": s.get("hypotheses", []),
         "novelty": [
             {
-                k: e[k]
+                k: e.get(k)
                 for k in (
                     "hypothesis_id",
                     "differs_from_example",
+                    "differs_in_substance",
                     "same_signal",
                     "same_prediction",
                     "classes",

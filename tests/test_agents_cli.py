@@ -17,8 +17,10 @@ from autoscope.tools.store import RunStore
 SCENARIOS = ["plasmonic", "tmd-defects", "oxide-interface"]
 
 
-def autoscope(*args: str, stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOSCOPE_")}
+def autoscope(
+    *args: str, stdin: str | None = None, timeout: float = 600, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOSCOPE_")} | (env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "autoscope", *args],
         input=stdin,
@@ -220,7 +222,19 @@ def _local_model_missing() -> str | None:
 def test_run_with_the_embedded_local_model_completes_on_every_scenario(tmp_path: Path, scenario: str):
     out = tmp_path / "run"
     r = autoscope(
-        "run", "--scenario", scenario, "--llm", "local", "--budget", "16", "--rounds", "1", "--out", str(out)
+        "run",
+        "--scenario",
+        scenario,
+        "--llm",
+        "local",
+        "--budget",
+        "16",
+        "--rounds",
+        "1",
+        "--out",
+        str(out),
+        # bounded within the test's timeout: a cut or invalid answer ends in repair or the fallback
+        env_extra={"AUTOSCOPE_LLM_TIMEOUT_S": "60", "AUTOSCOPE_LLM_REPAIR_RETRIES": "1"},
     )
     assert r.returncode == 0, r.stderr
     s = summary(out)

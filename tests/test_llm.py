@@ -177,6 +177,12 @@ def test_scripted_callables_see_the_repair_conversation():
     llm = make_llm("scripted", script=['{"element": 5, "count": 1}', second])
     assert structured(llm, ASK, Pick, purpose="plan").element == "Mo"
     assert seen[0][-1]["role"] == "user" and "element" in seen[0][-1]["content"]
+    assert "for comparison" not in seen[0][-1]["content"]
+    # an example held back from the first ask is shown with the repair, and only then
+    llm = make_llm("scripted", script=['{"element": 5, "count": 1}', second])
+    structured(llm, ASK, Pick, purpose="plan", example='{"element": "W", "count": 2}')
+    assert '{"element": "W", "count": 2}' in seen[1][-1]["content"]
+    assert all("for comparison" not in m["content"] for m in seen[1][:-1])
 
 
 # ---- accounting and the model-less back ends
@@ -225,10 +231,12 @@ def test_unknown_backend_and_script_less_scripted_are_rejected():
 
 
 def test_repair_prompt_renders_strictly():
-    text = render("repair", schema_name="Pick", errors="- count: bad", fields=["count"], schema="{}")
+    text = render(
+        "repair", schema_name="Pick", errors="- count: bad", fields=["count"], schema="{}", example=None
+    )
     assert "- count: bad" in text and "Fix this field: count." in text
     with pytest.raises(jinja2.UndefinedError):
-        render("repair", schema_name="Pick", errors="- count: bad", schema="{}")
+        render("repair", schema_name="Pick", errors="- count: bad", schema="{}", example=None)
 
 
 # ---- the embedded model

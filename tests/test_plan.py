@@ -16,6 +16,7 @@ from autoscope.instruments.safety import SafetyLimits
 from autoscope.prompts import names, render
 from autoscope.tests.surveys import surveyed
 from autoscope.tools.dry_run import Usage, dry_run
+from autoscope.tools.evidence import judge_strata
 from autoscope.tools.plan import (
     Hypothesis,
     Plan,
@@ -27,8 +28,10 @@ from autoscope.tools.plan import (
 )
 from autoscope.tools.plan_engine import execute_plan
 from autoscope.tools.predictions import LocalizedAt, Uniform
+from autoscope.tools.queries import per_site, strata_values
 from autoscope.tools.store import RunStore
 from autoscope.tools.survey import IMAGE_STEP
+from autoscope.tools.verdicts import LEVEL, SEQUENTIAL_LEVEL
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +297,7 @@ def test_every_prompt_renders_and_a_missing_variable_fails(sv):
             "feedback": None,
             "example": p.model_dump_json(),
         },
-        "repair": {"schema_name": "Plan", "errors": "e", "fields": ["steps"], "schema": ""},
+        "repair": {"schema_name": "Plan", "errors": "e", "fields": ["steps"], "schema": "", "example": "{}"},
         "question": {"question": "q", "tools": {"best": "the best"}},
     }
     assert set(names()) == set(variables)
@@ -304,6 +307,10 @@ def test_every_prompt_renders_and_a_missing_variable_fails(sv):
         if len(v) > 1:
             with pytest.raises(jinja2.UndefinedError):
                 render(name, **dict(list(v.items())[1:]))
+    # a model that must answer first on its own sees no example, and is told so
+    own = render("hypothesis", **{**variables["hypothesis"], "example": None})
+    assert '"prediction"' not in own and "JSON shape is enforced" in own
+    assert '"prediction"' in render("hypothesis", **variables["hypothesis"])
 
 
 @pytest.mark.parametrize("scenario", ["plasmonic", "tmd-defects", "oxide-interface"])
@@ -321,3 +328,43 @@ def test_deterministic_proposals_pass_the_checks_asked_of_a_model(scenario):
         )
         check_plan(Plan.model_validate_json(p.model_dump_json()), h, sv.caps)
         tested.append(h)
+
+
+def test_an_inconclusive_audit_tops_up_with_the_unspent_budget_and_replays_on_resume(sv, tmp_path: Path):
+    h, p = a_plan(sv, budget=60)
+    audit = {**p.audit.model_dump(), "classes": [h.prediction.at, "substrate"], "per_class": 3}
+    cap = 40
+
+    def run(top_up: bool, where: Path):
+        steps = [
+            sv.step.model_dump(),
+            {**audit, "top_up": top_up},
+            {"kind": "stop_when", "max_measurements": cap},
+        ]
+        plan = Plan.model_validate(
+            {"hypothesis_id": h.id, "rationale": "audit only, for the test", "steps": steps}
+        )
+        assert plan.spectra() == (cap if top_up else 6)  # the dry run's bound includes the top-up
+        scope = open_microscope(SafetyLimits(), scenario="plasmonic")
+        store = RunStore.open(where) if where.exists() else _store_with_survey(where.parent, sv)
+        with store:
+            result = execute_plan(scope, store, plan, h, seed=0, run_survey_matches=True, smap=sv.smap)
+            strata = {c: per_site(vs) for c, vs in strata_values(store, h, noise=True).items()}
+            ids = [e["step_id"] for e in store.events("acquisition") if e["record"] == "spectrum"]
+        judged = {
+            lv: judge_strata(h, strata, sv.smap, sv.image, level=lv)[0].outcome
+            for lv in (LEVEL, SEQUENTIAL_LEVEL)
+        }
+        return result, judged, ids
+
+    planned, judged, _ = run(False, tmp_path / "fixed" / "run")
+    assert planned.measurements == 6 and planned.audit_top_up == 0
+    assert judged[LEVEL] == "inconclusive"  # three spectra per class cannot decide this effect
+    topped, judged, ids = run(True, tmp_path / "top" / "run")
+    assert 0 < topped.audit_top_up <= cap - 6 and topped.measurements == 6 + topped.audit_top_up
+    # it stopped because the stricter interval decided, or because the unspent budget was spent
+    assert judged[SEQUENTIAL_LEVEL] != "inconclusive" or topped.measurements == cap
+    assert judged[LEVEL] == "supported"  # the twin's rod tips do host the dipole band
+    # the same plan again into the same store (a resume) replays the same spectra and acquires none
+    again, _, ids_again = run(True, tmp_path / "top" / "run")
+    assert again.audit_top_up == topped.audit_top_up and ids_again == ids

@@ -132,6 +132,12 @@ class AuditStep(BaseModel):
     class, then gives each next spectrum to the class that narrows the interval of the
     hypothesis' effect most, and stops as soon as the interval decides (at most the same
     total as ``equal``).
+
+    ``top_up``: when every other step has run and the verdict is still inconclusive, the
+    audit goes on with the spectra the plan leaves unspent under ``stop_when.max_measurements``,
+    each to the class that narrows the interval most, until the interval decides at the
+    stricter sequential level or those spectra are spent (a plan without that bound has
+    nothing to top up).
     """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
@@ -141,6 +147,11 @@ class AuditStep(BaseModel):
     )
     per_class: int = Field(10, ge=2, le=500, description="spectra per class (the most, when discriminating)")
     allocation: Literal["equal", "discriminating"] = "equal"
+    top_up: bool = Field(
+        True,
+        description="while the verdict is inconclusive after the plan's other steps, spend the spectra "
+        "the plan leaves of stop_when.max_measurements on more of this audit",
+    )
     spectrum_dwell_s: float = Field(gt=0, le=60.0)
     energy_min_eV: float
     energy_max_eV: float
@@ -297,7 +308,14 @@ class Plan(BaseModel):
                 n = max(0, min(n, cap - total))
             out.append(n)
             total += n
+        top = self.top_up_step()
+        if top is not None and cap is not None:
+            out[top] += max(0, cap - total)  # the most the top-up may add, after every step
         return out
+
+    def top_up_step(self) -> int | None:
+        """Index of the audit step that tops up the verdict (the first with ``top_up``), or None."""
+        return next((i for i, s in enumerate(self.steps) if isinstance(s, AuditStep) and s.top_up), None)
 
     def spectra(self) -> int:
         """Spectra this plan may acquire at most (every acquiring step, capped by the stop rule)."""
@@ -313,8 +331,13 @@ class Plan(BaseModel):
             elif isinstance(s, ActiveScanStep):
                 parts.append(f"{s.model}/{s.acquisition.kind} scan of {s.budget} spectra")
             elif isinstance(s, AuditStep):
+                top = (
+                    ", topped up while inconclusive"
+                    if s.top_up and self.stop and self.stop.max_measurements
+                    else ""
+                )
                 parts.append(
-                    f"audit of {s.per_class} spectra in each of {', '.join(s.classes)} ({s.allocation})"
+                    f"audit of {s.per_class} spectra in each of {', '.join(s.classes)} ({s.allocation}{top})"
                 )
             elif isinstance(s, SitesStep):
                 parts.append(f"spectra on up to {s.max_sites} {s.at} sites ×{s.repeats}")

@@ -8,7 +8,9 @@ It runs the plan's acquiring steps in the order written, each by its kind:
 - ``audit``: a stratified random sample of the survey map's classes (``H2-audit-0000``…), each
   event tagged with its ``stratum``; equal allocation interleaves the strata, discriminating
   allocation gives each next spectrum to the stratum that narrows the effect's interval most
-  and stops once the interval decides;
+  and stops once the interval decides; when every step has run and the verdict is still
+  inconclusive, an audit with ``top_up`` goes on with the spectra the plan leaves unspent
+  under its stop rule (same draws, same step ids), until the stricter interval decides;
 - ``sites``: the probe on the sites of a class (``H2-site-0000``…), tagged with the stratum and
   the feature (particle) a key point belongs to;
 - ``spectrum_at``: one spectrum at a position (``H2-at-00``…).
@@ -34,15 +36,15 @@ from autoscope.instruments.protocols import Microscope
 from autoscope.instruments.records import NM2_TO_A2, ImageRecord, SpectrumRecord
 from autoscope.tools.acquisition import Acquirer
 from autoscope.tools.campaign import Campaign, CampaignConfig, CampaignResult, CampaignStop, StepInfo
+from autoscope.tools.evidence import judge_strata, site_targets, stratum_population
 from autoscope.tools.figures import campaign_figure
-from autoscope.tools.grounding import population_grid
-from autoscope.tools.grounding.classes import KEY_CLASSES, SHAPE_OF, SITE_CLASSES, members
 from autoscope.tools.grounding.model import SurveyMap
 from autoscope.tools.plan import ActiveScanStep, AuditStep, Hypothesis, Plan, SitesStep, SpectrumAtStep
-from autoscope.tools.predictions import LocalizedAt
+from autoscope.tools.predictions import Identity
+from autoscope.tools.queries import StratumValue, per_site, strata_values
 from autoscope.tools.store import RunStore
 from autoscope.tools.survey import IMAGE_STEP, SurveyPlan
-from autoscope.tools.verdicts import ENERGY_TRIM, SEQUENTIAL_LEVEL, judge, next_stratum
+from autoscope.tools.verdicts import ENERGY_TRIM, LEVEL, SEQUENTIAL_LEVEL, judge, next_stratum
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class RoundResult(BaseModel):
     by_step: dict[str, int] = {}  # spectra per step kind
     strata: dict[str, int] = {}  # audit and site spectra per class
     audit_decided_early: bool = False
+    audit_top_up: int = 0  # audit spectra added after the plan's steps because the verdict was open
     best_step: str | None = None
     best_xy_nm: tuple[float, float] | None = None
     stopped_by: str | None = None  # a monitor kind, "stop_when: ...", "human: ..."
@@ -98,35 +101,6 @@ def compile_campaign(plan: Plan, h: Hypothesis, seed: int, budget: int | None = 
         drift_check_every=min(every) if every else None,
         stop_on=stop_on,
     )
-
-
-def stratum_population(smap: SurveyMap, name: str, h: Hypothesis, survey: ImageRecord) -> np.ndarray:
-    """(n, 2) positions an audit stratum draws from; 'elsewhere' is the complement of the
-    hypothesis' class among points of the same kind (sites, or the population grid)."""
-    grid = population_grid(survey).xy_nm
-    if name != "elsewhere":
-        return smap.population(name, grid)
-    p = h.prediction
-    at = p.at if isinstance(p, LocalizedAt) else p.classes()[0]
-    inside = {tuple(v) for v in np.round(smap.population(at, grid), 6)}
-    if smap.lattice is not None and all(c in SITE_CLASSES for c in members(at)):
-        pts = np.array([(s.x_nm, s.y_nm) for s in smap.lattice.sites])
-    else:
-        pts = grid
-    keep = np.array([tuple(v) not in inside for v in np.round(pts, 6)], dtype=bool)
-    return pts[keep]
-
-
-def site_targets(smap: SurveyMap, name: str) -> list[tuple[tuple[float, float], int | None]]:
-    """(position, feature id) of the sites of a class: lattice sites, or the key points of particles."""
-    out: list[tuple[tuple[float, float], int | None]] = []
-    for cls in members(name):
-        if cls in KEY_CLASSES:
-            shape = SHAPE_OF[cls]
-            out += [(tuple(k), p.id) for p in smap.particles if p.shape == shape for k in p.key_points_nm]
-        else:
-            out += [((float(x), float(y)), None) for x, y in smap.site_positions(cls)]
-    return out
 
 
 @dataclass
@@ -237,9 +211,13 @@ def execute_plan(
     n_site = 0
     rng = np.random.default_rng([seed, int(h.id[1:])])
     budgets = plan.step_spectra()
+    audit: _Audit | None = None
+    extra = 0  # what the plan leaves unspent, for the audit's top-up
     for step, budget in zip(plan.steps, budgets, strict=True):
         if stopped_by is not None:
             break
+        if isinstance(step, AuditStep) and budget > step.spectra:
+            budget, extra = step.spectra, budget - step.spectra
         try:
             if isinstance(step, ActiveScanStep) and budget:
                 cfg = compile_campaign(plan, h, seed, budget)
@@ -250,7 +228,8 @@ def execute_plan(
                 )
                 stopped_by = result.stop_reason or (result.stopped_by.kind if result.stopped_by else None)
             elif isinstance(step, AuditStep) and budget:
-                decided_early = _audit(run, step, budget, h, smap, survey, rng)
+                audit = _Audit(run, step, h, smap, survey, rng)
+                decided_early = _audit(audit, budget)
             elif isinstance(step, SitesStep) and budget:
                 n_site = _sites(run, step, budget, smap, rng, n_site)
             elif isinstance(step, SpectrumAtStep) and budget:
@@ -260,6 +239,14 @@ def execute_plan(
             stopped_by = str(stop) or "stopped"
             store.append_event("campaign_stopped", reason=stopped_by, step=run.n, prefix=prefix)
             log.info("%s stopped after %d spectra: %s", h.id, run.n, stopped_by)
+    top_up = 0
+    if stopped_by is None and audit is not None and extra:
+        cap = plan.stop.max_measurements if plan.stop and plan.stop.max_measurements else run.n
+        try:
+            top_up = _top_up(audit, min(extra, cap - run.n), smap, survey)
+        except CampaignStop as stop:
+            stopped_by = str(stop) or "stopped"
+            store.append_event("campaign_stopped", reason=stopped_by, step=run.n, prefix=prefix)
     figure = None
     best_step = best_xy = None
     events: list[dict] = []
@@ -286,6 +273,7 @@ def execute_plan(
         by_step=run.by_step,
         strata=run.strata,
         audit_decided_early=decided_early,
+        audit_top_up=top_up,
         best_step=best_step,
         best_xy_nm=best_xy,
         stopped_by=stopped_by,
@@ -314,38 +302,52 @@ def _point_at(run: _Run, step: SpectrumAtStep, step_id: str) -> Callable[[], Spe
     )
 
 
-def _audit(run: _Run, step: AuditStep, budget: int, h: Hypothesis, smap, survey, rng) -> bool:
-    """Measure the audit; True when a discriminating audit decided before spending all of it."""
-    pops = {c: stratum_population(smap, c, h, survey) for c in step.classes}
-    draws = {c: pop[rng.permutation(len(pop))] for c, pop in pops.items()}
-    caps = {c: min(step.per_class, len(pops[c])) for c in step.classes}
-    for c, pop in pops.items():
-        if len(pop) < step.per_class:
-            log.warning("audit: %s has %d members, fewer than the %d asked", c, len(pop), step.per_class)
-    values: dict[str, list[float]] = {c: [] for c in step.classes}
-    taken = {c: 0 for c in step.classes}
-    k = 0
+class _Audit:
+    """One audit step's seeded draws: each stratum's population in a random order, taken in turn
+    (without replacement), so a top-up continues the same sample."""
 
-    def measure(c: str) -> None:
-        nonlocal k
-        xy = draws[c][taken[c]]
-        rec = run.point(
-            f"{run.prefix}audit-{k:04d}",
+    def __init__(self, run: _Run, step: AuditStep, h: Hypothesis, smap, survey, rng) -> None:
+        self.run, self.step, self.h = run, step, h
+        pops = {c: stratum_population(smap, c, h, survey) for c in step.classes}
+        self.draws = {c: pop[rng.permutation(len(pop))] for c, pop in pops.items()}
+        self.size = {c: len(pop) for c, pop in pops.items()}
+        for c, n in self.size.items():
+            if n < step.per_class:
+                log.warning("audit: %s has %d members, fewer than the %d asked", c, n, step.per_class)
+        self.taken = {c: 0 for c in step.classes}
+        self.k = 0
+
+    def measure(self, c: str) -> tuple[str, SpectrumRecord, float]:
+        """One spectrum at the next drawn member of ``c``: its step id, record and signal (nan when unreadable)."""
+        step = self.step
+        sid = f"{self.run.prefix}audit-{self.k:04d}"
+        rec = self.run.point(
+            sid,
             "audit",
-            xy,
+            self.draws[c][self.taken[c]],
             step.spectrum_dwell_s,
             step.energy_min_eV,
             step.energy_max_eV,
             stratum=c,
-            draw=int(taken[c]),
+            draw=int(self.taken[c]),
         )
-        taken[c] += 1
-        k += 1
+        self.taken[c] += 1
+        self.k += 1
         try:
-            values[c].append(float(h.signal(rec)))
+            return sid, rec, float(self.h.signal(rec))
         except ValueError as exc:  # a spectrum the signal cannot be read from: a failed measurement
-            log.warning("%s: %s", run.prefix, exc)
-            values[c].append(float("nan"))
+            log.warning("%s: %s", sid, exc)
+            return sid, rec, float("nan")
+
+
+def _audit(audit: _Audit, budget: int) -> bool:
+    """Measure the audit; True when a discriminating audit decided before spending all of it."""
+    step, h = audit.step, audit.h
+    caps = {c: min(step.per_class, audit.size[c]) for c in step.classes}
+    values: dict[str, list[float]] = {c: [] for c in step.classes}
+
+    def measure(c: str) -> None:
+        values[c].append(audit.measure(c)[2])
 
     def body() -> bool:
         if step.allocation == "equal":
@@ -354,12 +356,12 @@ def _audit(run: _Run, step: AuditStep, budget: int, h: Hypothesis, smap, survey,
                 measure(c)
             return False
         for c in [c for i in range(min(3, step.per_class)) for c in step.classes if i < caps[c]]:
-            if k < budget:
+            if audit.k < budget:
                 measure(c)
-        while k < budget:
+        while audit.k < budget:
             effect, _ = judge(h.prediction, values, energy=h.energy_signal, level=SEQUENTIAL_LEVEL)
             if effect.outcome != "inconclusive":
-                log.info("%s: the audit decided (%s) after %d spectra", h.id, effect.outcome, k)
+                log.info("%s: the audit decided (%s) after %d spectra", h.id, effect.outcome, audit.k)
                 return True
             c = next_stratum(h.prediction, values, caps, trim=ENERGY_TRIM if h.energy_signal else 0.0)
             if c is None:
@@ -367,7 +369,56 @@ def _audit(run: _Run, step: AuditStep, budget: int, h: Hypothesis, smap, survey,
             measure(c)
         return False
 
-    return bool(_beam(run, body))
+    return bool(_beam(audit.run, body))
+
+
+def _audit_index(step_id: str, prefix: str) -> int:
+    """The index of an audit step id (``H1-audit-0012`` → 12); -1 for any other step."""
+    head = f"{prefix}audit-"
+    return int(step_id[len(head) :]) if step_id.startswith(head) else -1
+
+
+def _top_up(audit: _Audit, extra: int, smap, survey) -> int:
+    """More audit spectra while the verdict on everything measured (audit and sites, as the
+    analysis reads it) is inconclusive: none when it decides at ``LEVEL`` already, then each
+    to the stratum that narrows the interval most until it decides at ``SEQUENTIAL_LEVEL`` or
+    ``extra`` are spent. Returns the spectra taken."""
+    h, run = audit.h, audit.run
+    if extra <= 0 or isinstance(h.prediction, Identity):
+        return 0
+    noise = not h.energy_signal
+    # the top-up's own spectra of an earlier attempt are read again as it replays them, in order
+    own = audit.k
+    raw = {
+        c: [v for v in vs if not _audit_index(v.step_id, run.prefix) >= own]
+        for c, vs in strata_values(run.store, h, noise=noise).items()
+    }
+    caps = {c: audit.size[c] for c in audit.step.classes}
+    trim = ENERGY_TRIM if h.energy_signal else 0.0
+    taken = 0
+
+    def decided(level: float) -> bool:
+        effect, _, _ = judge_strata(h, {c: per_site(vs) for c, vs in raw.items()}, smap, survey, level=level)
+        return effect.outcome != "inconclusive"
+
+    def body() -> None:
+        nonlocal taken
+        # the planned look failed at LEVEL; every later look is held to the stricter level
+        while taken < extra and (taken == 0 or not decided(SEQUENTIAL_LEVEL)):
+            data = {c: [v.value for v in per_site(vs)] for c, vs in raw.items()}
+            c = next_stratum(h.prediction, {c: data.get(c, []) for c in caps} | data, caps, trim=trim)
+            if c is None:
+                return
+            sid, rec, y = audit.measure(c)
+            sd = float(h.signal.uncertainty(rec)) if noise and y == y else float("nan")
+            raw.setdefault(c, []).append(StratumValue(sid, y, rec.x_nm, rec.y_nm, None, None, sd))
+            taken += 1
+
+    if decided(LEVEL):
+        return 0
+    _beam(run, body)
+    log.info("%s: the audit's top-up took %d spectra", h.id, taken)
+    return taken
 
 
 def _sites(run: _Run, step: SitesStep, budget: int, smap, rng, start: int) -> int:

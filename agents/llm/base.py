@@ -64,6 +64,8 @@ class LLM(Protocol):
     #: human-readable model name
     model: str
     calls: list[LLMCall]
+    # optional ``enforces_schema: bool`` (read with getattr, False when absent): the back end
+    # can only emit JSON of the schema's shape (a grammar), so prompts need no example for it
 
     def complete_json(self, messages: list[Message], schema: type[BaseModel], *, purpose: str) -> str:
         """One call; the raw text the model produced (meant to be JSON for ``schema``). Appends an LLMCall."""

@@ -182,6 +182,8 @@ class LocalLLM:
     """In-process llama.cpp model (AUTOSCOPE_LOCAL_MODEL), grammar-constrained JSON output."""
 
     backend = "local"
+    #: the answer's JSON shape is enforced (a grammar), so prompts need no example for validity
+    enforces_schema = True
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ def structured(
     purpose: str,
     retries: int = 2,
     on_call: Callable[[LLMCall], None] | None = None,
+    example: str | None = None,
 ) -> T:
     """Ask ``llm`` for a ``schema`` instance; repair invalid answers at most ``retries`` times.
 
@@ -63,7 +64,8 @@ def structured(
     (``prompts/repair.j2``) carrying the validation errors. Every call is passed to ``on_call``,
     failed ones and invalid answers included (an invalid answer's call is marked ``ok=False``).
     Raises ``StructuredOutputError`` when no attempt validates, ``LLMError`` when the model
-    cannot be asked at all.
+    cannot be asked at all. ``example``: a valid instance the repair message shows (for a
+    prompt that asked without one, so that the model's first answer was its own).
     """
     conversation = [Message(role=m["role"], content=m["content"]) for m in messages]
     attempts: list[str] = []
@@ -106,6 +108,7 @@ def structured(
                 schema=""
                 if llm.calls and llm.calls[-1].mode in ("grammar", "json_schema")
                 else json.dumps(schema_json(schema), separators=(",", ":")),
+                example=example,
             )
             conversation.append(Message(role="user", content=repair))
     raise StructuredOutputError(

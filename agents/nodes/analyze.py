@@ -14,64 +14,22 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 from langgraph.runtime import Runtime
 
 from autoscope.agents.context import RunContext
 from autoscope.agents.state import GraphState
+from autoscope.tools.evidence import judge_strata
 from autoscope.tools.figures import evidence_figure
 from autoscope.tools.grounding import population_grid
-from autoscope.tools.grounding.model import interface_distance
 from autoscope.tools.plan import Hypothesis
-from autoscope.tools.plan_engine import RoundResult, site_targets, stratum_population
-from autoscope.tools.predictions import PARTICLE_COVARIATES, Identity, Trend
+from autoscope.tools.plan_engine import RoundResult
+from autoscope.tools.predictions import Identity
 from autoscope.tools.queries import StratumValue, per_site, strata_values
 from autoscope.tools.survey import IMAGE_STEP
 from autoscope.tools.theory_select import identity_wins, theory_evidence
-from autoscope.tools.verdicts import Verdict, judge
+from autoscope.tools.verdicts import Verdict
 
 log = logging.getLogger(__name__)
-
-
-def trend_features(h: Hypothesis, strata: dict[str, list[StratumValue]], smap) -> list[tuple[float, float]]:
-    """(covariate, signal) per feature of a trend: per particle (its key-point spectra averaged)
-    for a particle covariate, per spectrum for the distance to the interface."""
-    p = h.prediction
-    assert isinstance(p, Trend)
-    vals = strata.get(p.over, [])
-    if p.covariate in PARTICLE_COVARIATES:
-        by_particle: dict[int, list[float]] = {}
-        for v in vals:
-            if v.feature is not None:
-                by_particle.setdefault(int(v.feature), []).append(v.value)
-        parts = {q.id: q for q in smap.particles}
-        attr = {
-            "aspect_ratio": "aspect_ratio",
-            "size_nm": "size_nm",
-            "length_nm": "length_nm",
-            "width_nm": "width_nm",
-        }
-        out = []
-        for pid, ys in sorted(by_particle.items()):
-            finite = [y for y in ys if y == y]
-            if pid in parts and finite:
-                out.append((float(getattr(parts[pid], attr[p.covariate])), sum(finite) / len(finite)))
-        return out
-    if smap.interface is None or not vals:
-        return []
-    d = interface_distance(smap.interface, np.array([(v.x_nm, v.y_nm) for v in vals]))
-    return [(float(di), v.value) for di, v in zip(d, vals, strict=True)]
-
-
-def population_sizes(h: Hypothesis, strata: dict[str, list[StratumValue]], smap, survey) -> dict[str, int]:
-    """Members of each stratum's class: its sites for a sites step, its population for an audit."""
-    out = {}
-    for c, vs in strata.items():
-        if any("-site-" in v.step_id or v.step_id.startswith("rank-") for v in vs):
-            out[c] = len(site_targets(smap, c))
-        else:
-            out[c] = len(stratum_population(smap, c, h, survey))
-    return out
 
 
 def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
@@ -87,13 +45,7 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         strata = {
             h.prediction.at: [StratumValue(f"rank-{i}", w, x, y, None, i) for i, (x, y, w) in enumerate(wins)]
         }
-    data = {c: [v.value for v in vs] for c, vs in strata.items()}
-    noise = {c: [v.sd for v in vs] for c, vs in strata.items()}
-    population = population_sizes(h, strata, smap, survey)
-    features = trend_features(h, strata, smap) if isinstance(h.prediction, Trend) else []
-    effect, ests = judge(
-        h.prediction, data, energy=h.energy_signal, features=features, noise=noise, population=population
-    )
+    effect, ests, features = judge_strata(h, strata, smap, survey)
     signal = h.signal.describe()
     evidence = [
         f"claim: {h.prediction.claim(signal)}; null: {h.prediction.null(signal)}",
@@ -116,6 +68,11 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     )
     if result.audit_decided_early:
         evidence.append("the discriminating audit stopped early: its 99% interval had decided")
+    if result.audit_top_up:
+        evidence.append(
+            f"the audit took {result.audit_top_up} more spectra of the round's unspent budget while "
+            "the interval was open (stopping once its 99% interval decided)"
+        )
     if result.stopped_by:
         evidence.append(f"the plan ended early: {result.stopped_by}")
     lines, theory = theory_evidence(h, strata, smap, survey, features)

@@ -66,6 +66,8 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         }
         for r in state.get("rounds", [])
     ]
+    example = proposal.model_dump_json(exclude={"author"})
+    own_first = bool(getattr(ctx.llm, "enforces_schema", False))
     h, fell_back = propose(
         ctx,
         role="hypothesis agent",
@@ -80,12 +82,15 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
             "previous": previous,
             "feedback": feedback,
             "hypothesis_id": hid,
-            "example": proposal.model_copy(update={"author": ""}).model_dump_json(exclude={"author"}),
+            # a back end that enforces the schema gets no example (a small model copies what it is
+            # shown); it sees one only if its own answer needs repair
+            "example": None if own_first else example,
         },
         schema=Hypothesis,
         check=check,
         fallback=fallback,
         purpose=f"hypothesis {hid}",
+        repair_example=example if own_first else None,
     )
     author = h.author if h.author == deterministic.AUTHOR else f"{ctx.llm.backend}:{ctx.llm.model}"
     h = h.model_copy(update={"id": hid, "author": author})
@@ -95,6 +100,8 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
             "hypothesis_novelty",
             hypothesis_id=hid,
             differs_from_example=deterministic.key(h) != deterministic.key(proposal),
+            # more than a threshold or a window: another prediction kind, other classes or another signal kind
+            differs_in_substance=_substance(h) != _substance(proposal),
             same_signal=h.signal == proposal.signal,
             same_prediction=h.prediction == proposal.prediction,
             classes=[c for c in h.prediction.classes() if c != "elsewhere"],
@@ -113,3 +120,7 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     if fell_back:
         out["fallbacks"] = [fell_back]
     return out
+
+
+def _substance(h: Hypothesis) -> tuple:
+    return h.prediction.kind, sorted(c for c in h.prediction.classes() if c != "elsewhere"), h.signal.kind
