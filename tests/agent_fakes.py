@@ -82,13 +82,15 @@ def run(
     llm_backend: str = "none",
     recorder: list | None = None,
     resume: bool = False,
+    llm: Any = None,
 ) -> RunOutcome:
     spec = None
     if not resume:
         spec = load_run_spec(None, scenario).model_copy(
             update={"budget": budget, "rounds": rounds, "notes": notes}
         )
-    llm = ScriptedLLM(script) if script is not None else None
+    if llm is None and script is not None:
+        llm = ScriptedLLM(script)
 
     def wrap(inner):
         rec = Recorder(inner)

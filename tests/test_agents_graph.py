@@ -307,3 +307,29 @@ def test_a_bad_checkpoint_url_is_refused_naming_the_setting(tmp_path: Path, monk
     monkeypatch.setenv("AUTOSCOPE_CHECKPOINT_URL", "mysql://nope")
     with pytest.raises(ConfigError, match="checkpoint_url"):
         run(tmp_path / "run", budget=6)
+
+
+def test_a_schema_enforcing_model_proposes_its_own_hypothesis_and_sees_the_example_only_to_repair(
+    tmp_path: Path,
+):
+    from autoscope.agents.llm import ScriptedLLM
+
+    seen: list = []
+
+    class Enforcing(ScriptedLLM):
+        enforces_schema = True  # as the grammar-constrained embedded model
+
+    def own(messages):
+        seen.append(messages)
+        return '{"statement": "rods glow"}'  # invalid: most fields missing
+
+    def repaired(messages):
+        seen.append(messages)
+        return messages[-1]["content"].strip().splitlines()[-1]  # the example the repair shows
+
+    out = run(tmp_path / "run", llm=Enforcing([own, repaired, answer()]), rounds=1)
+    assert out.status == "done"
+    first = next(m for m in seen[0] if m["role"] == "user")["content"]
+    assert "JSON shape is enforced" in first and '"prediction"' not in first
+    assert "for comparison" in seen[1][-1]["content"] and '"prediction"' in seen[1][-1]["content"]
+    assert out.summary["hypotheses"][0]["author"].startswith("scripted")

@@ -123,7 +123,8 @@ def test_a_prediction_must_fit_its_signal():
     from autoscope.tools.ml.descriptors import PatchSpec
     from autoscope.tools.ml.scalarizers import PeakPosition
 
-    with pytest.raises(ValidationError, match="needs a signal of kind"):
+    # the error names the prediction kinds that do fit the signal, so a model can repair it
+    with pytest.raises(ValidationError, match="needs a signal of kind.*with a shift or trend or uniform"):
         Hypothesis(
             statement="peak energies localized at rod tips",
             signal=PeakPosition(lo_eV=1.0, hi_eV=2.0),

@@ -95,9 +95,11 @@ def judge_strata(
     survey: ImageRecord,
     *,
     level: float = LEVEL,
+    population: dict[str, int] | None = None,
 ) -> tuple[Effect, dict[str, ClassEstimate], list[tuple[float, float]]]:
     """The effect of ``h`` on per-site ``strata`` (``queries.per_site``), with each class's
-    finite population and shot noise, and the trend's features; ``(effect, estimates, features)``."""
+    finite population (``population_sizes`` unless given) and shot noise, and the trend's
+    features; ``(effect, estimates, features)``."""
     data = {c: [v.value for v in vs] for c, vs in strata.items()}
     noise = {c: [v.sd for v in vs] for c, vs in strata.items()}
     features = trend_features(h, strata, smap) if isinstance(h.prediction, Trend) else []
@@ -107,7 +109,7 @@ def judge_strata(
         energy=h.energy_signal,
         features=features,
         noise=noise,
-        population=population_sizes(h, strata, smap, survey),
+        population=population if population is not None else population_sizes(h, strata, smap, survey),
         level=level,
     )
     return effect, ests, features

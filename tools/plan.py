@@ -26,7 +26,7 @@ from autoscope.tools.ml.acquisition import AcquisitionSpec
 from autoscope.tools.ml.base import MonitorKind
 from autoscope.tools.ml.descriptors import PatchSpec
 from autoscope.tools.ml.scalarizers import Scalarizer, require_kind
-from autoscope.tools.predictions import ENERGY_SIGNALS, Identity, LocalizedAt, Prediction
+from autoscope.tools.predictions import ENERGY_SIGNALS, Identity, LocalizedAt, Prediction, kinds_for_signal
 
 
 class PlanValidationError(ValueError):
@@ -59,7 +59,8 @@ class Hypothesis(BaseModel):
         if kinds is not None and self.signal.kind not in kinds:
             raise ValueError(
                 f"prediction: a {self.prediction.kind} prediction needs a signal of kind "
-                f"{' or '.join(sorted(kinds))}, not {self.signal.kind}"
+                f"{' or '.join(sorted(kinds))}, not {self.signal.kind}; keep the signal with a "
+                f"{' or '.join(kinds_for_signal(self.signal.kind))} prediction, or change the signal"
             )
         return self
 

@@ -36,7 +36,7 @@ from autoscope.instruments.protocols import Microscope
 from autoscope.instruments.records import NM2_TO_A2, ImageRecord, SpectrumRecord
 from autoscope.tools.acquisition import Acquirer
 from autoscope.tools.campaign import Campaign, CampaignConfig, CampaignResult, CampaignStop, StepInfo
-from autoscope.tools.evidence import judge_strata, site_targets, stratum_population
+from autoscope.tools.evidence import judge_strata, population_sizes, site_targets, stratum_population
 from autoscope.tools.figures import campaign_figure
 from autoscope.tools.grounding.model import SurveyMap
 from autoscope.tools.plan import ActiveScanStep, AuditStep, Hypothesis, Plan, SitesStep, SpectrumAtStep
@@ -390,15 +390,17 @@ def _top_up(audit: _Audit, extra: int, smap, survey) -> int:
     # the top-up's own spectra of an earlier attempt are read again as it replays them, in order
     own = audit.k
     raw = {
-        c: [v for v in vs if not _audit_index(v.step_id, run.prefix) >= own]
+        c: [v for v in vs if _audit_index(v.step_id, run.prefix) < own]
         for c, vs in strata_values(run.store, h, noise=noise).items()
     }
     caps = {c: audit.size[c] for c in audit.step.classes}
+    population = caps | population_sizes(h, raw, smap, survey)  # fixed while the top-up runs
     trim = ENERGY_TRIM if h.energy_signal else 0.0
     taken = 0
 
     def decided(level: float) -> bool:
-        effect, _, _ = judge_strata(h, {c: per_site(vs) for c, vs in raw.items()}, smap, survey, level=level)
+        strata = {c: per_site(vs) for c, vs in raw.items()}
+        effect, _, _ = judge_strata(h, strata, smap, survey, level=level, population=population)
         return effect.outcome != "inconclusive"
 
     def body() -> None:

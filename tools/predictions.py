@@ -22,7 +22,7 @@ uniform; energy signals (peak position, edge onset) may be shifted, trended or u
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -198,6 +198,16 @@ Prediction = Annotated[
 ]
 
 
+def kinds_for_signal(signal_kind: str) -> list[str]:
+    """The prediction kinds that can judge a signal of ``signal_kind`` (for an error that names the fix)."""
+    members = get_args(get_args(Prediction)[0])
+    return [
+        m.model_fields["kind"].default
+        for m in members
+        if (k := m.model_construct().signal_kinds()) is None or signal_kind in k
+    ]
+
+
 def effect(
     p: _Prediction, means: dict[str, float], *, energy: bool = False, trend_rho: float | None = None
 ) -> float:
@@ -236,6 +246,7 @@ def effect(
 
 __all__ = [
     "ENERGY_SIGNALS",
+    "kinds_for_signal",
     "PARTICLE_COVARIATES",
     "Contrast",
     "Covariate",
