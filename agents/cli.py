@@ -535,6 +535,7 @@ def instrument_serve(
 
 
 bench_app.command("science")(cli_bench.science)
+bench_app.command("score")(cli_bench.score)
 app.command("run")(cli_run.run)
 app.command("resume")(cli_run.resume)
 app.command("chat")(cli_run.chat)

@@ -82,3 +82,48 @@ def science(
                 f"{s}: {d['said']} (truth {'yes' if d['truth'] else 'no'})" for s, d in g["shapes"].items()
             )
             typer.echo(f"plasmonic seed {g['seed']} ({g['kind']}): which shapes host the band: {said}")
+
+
+def score(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (autoscope run --out).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One finished twin run's verdicts (and the plasmonic goal's answer) scored against the ground truth."""
+    from autoscope.agents.cli import _cli_errors
+    from autoscope.agents.runner import RUN_FILE
+    from autoscope.evals.science import score_run
+    from autoscope.instruments.errors import InvalidRequest
+
+    with _cli_errors():
+        run_file = run_dir / RUN_FILE
+        if not run_file.is_file() or not (run_dir / "summary.json").is_file():
+            raise InvalidRequest(
+                "run_dir", f"{run_dir} is not a finished run directory (no {RUN_FILE} or summary.json)"
+            )
+        record = json.loads(run_file.read_text())
+        for source in ("replay", "remote", "sim_config"):
+            if record.get(source):
+                raise InvalidRequest(
+                    "run_dir",
+                    f"{run_dir} ran on {source} {record[source]}: only a run on a built-in twin scenario has an "
+                    "oracle to score against",
+                )
+        spec = record["spec"]
+        result = score_run(run_dir, spec["scenario"], int(spec["seed"]))
+        if as_json:
+            typer.echo(json.dumps(result, default=str))
+            return
+        table = Table(
+            "hypothesis", "author", "verdict", "truth", "agrees", title=f"{run_dir.name} against the truth"
+        )
+        for r in result["rows"]:
+            agree = "—" if r["agree"] is None else ("yes" if r["agree"] else "NO")
+            table.add_row(
+                r["id"], r["author"], r["outcome"], "holds" if r["holds"] else "does not hold", agree
+            )
+        Console().print(table)
+        if result["goal"]:
+            for shape, d in result["goal"]["shapes"].items():
+                typer.echo(
+                    f"goal: {shape}s host the band: said {d['said']}, truth {'yes' if d['truth'] else 'no'}"
+                )

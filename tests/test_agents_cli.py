@@ -55,6 +55,18 @@ def test_run_without_llm_completes_on_every_scenario(tmp_path: Path, scenario: s
     assert (out / "checkpoints.sqlite").stat().st_size > 0
     assert "deterministic planner (no LLM)" in (out / "report.md").read_text()
     assert r.stdout.strip() == str(out.resolve())
+    # the finished run scored against the twin's truth: one row per verdict, as the summary says
+    scored = autoscope("bench", "score", str(out), "--json")
+    assert scored.returncode == 0, scored.stderr
+    rows = json.loads(scored.stdout)["rows"]
+    outcomes = {h["id"]: h["verdict"]["outcome"] for h in s["hypotheses"]}
+    assert {r["id"]: r["outcome"] for r in rows} == outcomes
+    for row in rows:  # agreement is the verdict against the oracle's truth, computed apart
+        assert (
+            row["agree"] is None
+            if row["outcome"] == "inconclusive"
+            else (row["agree"] == ((row["outcome"] == "supported") == row["holds"]))
+        )
 
 
 def planned_ids(run_dir: Path, hid: str = "H1") -> list[str]:
@@ -189,6 +201,7 @@ def test_plan_schema_is_published():
         (["run", "--llm", "openai"], "AUTOSCOPE_OPENAI_BASE_URL"),
         (["resume", "/nonexistent/run"], "run"),
         (["plan-schema", "--kind", "poem"], "kind"),
+        (["bench", "score", "/nonexistent/run"], "run_dir"),
     ],
 )
 def test_bad_input_exits_2_naming_the_problem(tmp_path: Path, args: list[str], field: str):

@@ -61,3 +61,10 @@ def test_a_replayed_spectrum_image_gets_a_map_verdicts_and_an_answer(tmp_path: P
     survey = (tmp_path / "run" / "report.md").read_text()
     assert "Particles:" in survey and "rod_tip" in survey and "## Answer to the goal" in survey
     assert s["images"] == 1  # the survey was the recorded field, resampled
+    # no oracle stands behind recorded data: scoring it is refused, naming why
+    from typer.testing import CliRunner
+
+    from autoscope.agents.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "score", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "replay" in r.output and "oracle" in r.output
