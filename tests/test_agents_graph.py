@@ -309,7 +309,7 @@ def test_a_bad_checkpoint_url_is_refused_naming_the_setting(tmp_path: Path, monk
         run(tmp_path / "run", budget=6)
 
 
-def test_a_schema_enforcing_model_proposes_its_own_hypothesis_and_sees_the_example_only_at_the_last_repair(
+def test_a_schema_enforcing_model_proposes_its_own_hypothesis_and_sees_the_example_only_to_repair(
     tmp_path: Path,
 ):
     from autoscope.agents.llm import ScriptedLLM
@@ -325,12 +325,11 @@ def test_a_schema_enforcing_model_proposes_its_own_hypothesis_and_sees_the_examp
 
     def repaired(messages):
         seen.append(list(messages))
-        return messages[-1]["content"].strip().splitlines()[-1]  # the example the last repair shows
+        return messages[-1]["content"].strip().splitlines()[-1]  # the example the repair shows
 
-    out = run(tmp_path / "run", llm=Enforcing([own, own, repaired, answer()]), rounds=1)
+    out = run(tmp_path / "run", llm=Enforcing([own, repaired, answer()]), rounds=1)
     assert out.status == "done"
     first = next(m for m in seen[0] if m["role"] == "user")["content"]
     assert "JSON shape is enforced" in first and '"prediction"' not in first
-    assert "for comparison" not in seen[1][-1]["content"]  # the first repair: the errors alone
-    assert "for comparison" in seen[2][-1]["content"] and '"prediction"' in seen[2][-1]["content"]
+    assert "for comparison" in seen[1][-1]["content"] and '"prediction"' in seen[1][-1]["content"]
     assert out.summary["hypotheses"][0]["author"].startswith("scripted")

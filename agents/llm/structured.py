@@ -64,9 +64,10 @@ def structured(
     (``prompts/repair.j2``) carrying the validation errors. Every call is passed to ``on_call``,
     failed ones and invalid answers included (an invalid answer's call is marked ``ok=False``).
     Raises ``StructuredOutputError`` when no attempt validates, ``LLMError`` when the model
-    cannot be asked at all. ``example``: a valid instance the last repair message shows (for a
-    prompt that asked without one, so that the model's first answer was its own; the
-    repairs before it carry only the errors, so it may mend its own answer first).
+    cannot be asked at all. ``example``: a valid instance each repair message shows (for a
+    prompt that asked without one, so that the model's first answer was its own). Measured
+    with the embedded model: showing it only at the last repair lost a proposal to the
+    fallback (a 1.5 B model at temperature 0 repeats an invalid answer given the errors alone).
     """
     conversation = [Message(role=m["role"], content=m["content"]) for m in messages]
     attempts: list[str] = []
@@ -109,8 +110,7 @@ def structured(
                 schema=""
                 if llm.calls and llm.calls[-1].mode in ("grammar", "json_schema")
                 else json.dumps(schema_json(schema), separators=(",", ":")),
-                # the error alone first, so the model may mend its own answer; the example at the last try
-                example=example if attempt == retries - 1 else None,
+                example=example,
             )
             conversation.append(Message(role="user", content=repair))
     raise StructuredOutputError(
