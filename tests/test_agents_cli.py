@@ -59,7 +59,7 @@ def test_run_without_llm_completes_on_every_scenario(tmp_path: Path, scenario: s
     scored = autoscope("bench", "score", str(out), "--json")
     assert scored.returncode == 0, scored.stderr
     rows = json.loads(scored.stdout)["rows"]
-    outcomes = {h["id"]: h["verdict"]["outcome"] for h in s["hypotheses"]}
+    outcomes = {h["id"]: h["verdict"] for h in s["hypotheses"]}
     assert {r["id"]: r["outcome"] for r in rows} == outcomes
     for row in rows:  # agreement is the verdict against the oracle's truth, computed apart
         assert (
@@ -118,6 +118,7 @@ def test_a_run_stopped_at_a_gate_resumes_at_that_gate(tmp_path: Path):
     steps = [s for s in plan["steps"] if s["kind"] not in ("seed", "active_scan")]  # the audit only
     audit = next(s for s in steps if s["kind"] == "audit")
     audit["per_class"] = 2
+    audit["top_up"] = False  # exactly this audit: no top-up from the stop rule's unspent spectra
     edit = tmp_path / "plan.json"
     edit.write_text(json.dumps({"steps": steps}))
     r = autoscope("resume", str(out), "--answer", "edit", "--edit", str(edit))
