@@ -90,21 +90,20 @@ def score(
 ) -> None:
     """One finished twin run's verdicts (and the plasmonic goal's answer) scored against the ground truth."""
     from autoscope.agents.cli import _cli_errors
-    from autoscope.agents.runner import RUN_FILE
+    from autoscope.agents.runner import load_run_file
     from autoscope.evals.science import score_run
     from autoscope.instruments.errors import InvalidRequest
 
     with _cli_errors():
-        run_file = run_dir / RUN_FILE
-        if not run_file.is_file() or not (run_dir / "summary.json").is_file():
-            raise InvalidRequest(
-                "run_dir", f"{run_dir} is not a finished run directory (no {RUN_FILE} or summary.json)"
+        record = load_run_file(run_dir)
+        if not (run_dir / "summary.json").is_file():
+            raise ConfigError(
+                "run", f"{run_dir} is not a finished run (no summary.json): score it when it is done"
             )
-        record = json.loads(run_file.read_text())
         for source in ("replay", "remote", "sim_config"):
             if record.get(source):
                 raise InvalidRequest(
-                    "run_dir",
+                    "run",
                     f"{run_dir} ran on {source} {record[source]}: only a run on a built-in twin scenario has an "
                     "oracle to score against",
                 )

@@ -202,7 +202,7 @@ def test_plan_schema_is_published():
         (["run", "--llm", "openai"], "AUTOSCOPE_OPENAI_BASE_URL"),
         (["resume", "/nonexistent/run"], "run"),
         (["plan-schema", "--kind", "poem"], "kind"),
-        (["bench", "score", "/nonexistent/run"], "run_dir"),
+        (["bench", "score", "/nonexistent/run"], "not an autoscope run directory"),
     ],
 )
 def test_bad_input_exits_2_naming_the_problem(tmp_path: Path, args: list[str], field: str):

@@ -398,17 +398,19 @@ def _top_up(audit: _Audit, extra: int, smap, survey) -> int:
     trim = ENERGY_TRIM if h.energy_signal else 0.0
     taken = 0
 
-    def decided(level: float) -> bool:
-        strata = {c: per_site(vs) for c, vs in raw.items()}
+    def decided(strata: dict[str, list[StratumValue]], level: float) -> bool:
         effect, _, _ = judge_strata(h, strata, smap, survey, level=level, population=population)
         return effect.outcome != "inconclusive"
 
     def body() -> None:
         nonlocal taken
-        # the planned look failed at LEVEL; every later look is held to the stricter level
-        while taken < extra and (taken == 0 or not decided(SEQUENTIAL_LEVEL)):
-            data = {c: [v.value for v in per_site(vs)] for c, vs in raw.items()}
-            c = next_stratum(h.prediction, {c: data.get(c, []) for c in caps} | data, caps, trim=trim)
+        while taken < extra:
+            strata = {c: per_site(vs) for c, vs in raw.items()}  # once per look, for the test and the choice
+            # the planned look failed at LEVEL; every later look is held to the stricter level
+            if taken and decided(strata, SEQUENTIAL_LEVEL):
+                return
+            data = {c: [] for c in caps} | {c: [v.value for v in vs] for c, vs in strata.items()}
+            c = next_stratum(h.prediction, data, caps, trim=trim)
             if c is None:
                 return
             sid, rec, y = audit.measure(c)
@@ -416,7 +418,7 @@ def _top_up(audit: _Audit, extra: int, smap, survey) -> int:
             raw.setdefault(c, []).append(StratumValue(sid, y, rec.x_nm, rec.y_nm, None, None, sd))
             taken += 1
 
-    if decided(LEVEL):
+    if decided({c: per_site(vs) for c, vs in raw.items()}, LEVEL):
         return 0
     _beam(run, body)
     log.info("%s: the audit's top-up took %d spectra", h.id, taken)
