@@ -3,8 +3,12 @@
 Built from the verdicts and the per-class estimates of the unbiased spectra, never from
 an LLM. For a signal localized at particle features, it says which particle shapes host
 it: a shape hosts the signal when its key class (rod tips, triangle or cube corners)
-carries at least the hypothesis' factor times the substrate's mean with a 95 % interval
-that says so; "does not" when the interval says the opposite; "undecided" otherwise.
+carries at least ``HOST_MIN_RATIO`` times the substrate's mean with a 95 % interval that
+says so; "does not" when the interval says the opposite; "undecided" otherwise.
+
+The factor is part of the question, not of a hypothesis: the same goal gets the same
+criterion whatever factor the hypothesis agent chose to frame its own claim with (the
+oracle's answer, ``evals.truth.goal_truth_plasmonic``, uses the same constant).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from autoscope.tools.predictions import LocalizedAt
 from autoscope.tools.verdicts import ClassEstimate, judge_estimates, ratio_ci
 
 WORD = {"supported": "yes", "refuted": "no", "inconclusive": "undecided"}
+HOST_MIN_RATIO = 2.0
+"""A shape hosts a signal when its key class's mean is at least this many times the substrate's."""
 
 
 def pooled(ests: list[ClassEstimate]) -> ClassEstimate:
@@ -51,7 +57,7 @@ def shape_hosts(verdict: dict, hypothesis: dict, rounds: list[dict] = ()) -> dic
     ests = {c: pooled(es) for c, es in by.items()}
     if "substrate" not in ests:
         return None
-    r = float(pred.get("min_ratio", 2.0))
+    r = HOST_MIN_RATIO
     out: dict[str, Any] = {}
     for shape, key in KEY_CLASS_OF_SHAPE.items():
         if key not in ests or ests[key].n < 2:
@@ -99,7 +105,7 @@ def goal_answer(goal: str, rounds: list[dict]) -> dict[str, Any]:
             ci = f"[{lo:.3g}, {hi:.3g}]" if lo is not None else "[unbounded]"
             return f"{s}s ({d['class']}: {d['ratio']:.3g}× the substrate, 95% interval {ci}, n={d['n']})"
 
-        text = f"Which particle shapes host {signal}: "
+        text = f"Which particle shapes host {signal} (at least {HOST_MIN_RATIO:g}× the substrate at their key feature): "
         text += ("; ".join(fmt(s) for s in yes) + " host it") if yes else "no shape is shown to host it"
         if no:
             text += "; " + "; ".join(fmt(s) for s in no) + " do not"
@@ -118,4 +124,4 @@ def goal_answer(goal: str, rounds: list[dict]) -> dict[str, Any]:
     return {"goal": goal, "text": " ".join(lines), "hosts": hosts, "findings": findings}
 
 
-__all__ = ["goal_answer", "shape_hosts"]
+__all__ = ["HOST_MIN_RATIO", "goal_answer", "shape_hosts"]

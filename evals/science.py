@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoscope.agents.answer import HOST_MIN_RATIO
 from autoscope.agents.gates import GateRequest, GateResponse
 from autoscope.agents.run_spec import load_run_spec
 from autoscope.agents.runner import RunOptions, launch
@@ -210,7 +211,7 @@ def _score_goal(summary, scenario, seed, survey, plans, hyps) -> dict | None:
         spectrum_dwell_s=p.audit.spectrum_dwell_s,
         energy_min_eV=p.audit.energy_min_eV,
         energy_max_eV=p.audit.energy_max_eV,
-        min_ratio=h.prediction.min_ratio,
+        min_ratio=HOST_MIN_RATIO,
         seed=seed,
     )
     per = {}

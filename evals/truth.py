@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from scipy.stats import spearmanr
 
+from autoscope.agents.answer import HOST_MIN_RATIO
 from autoscope.evals.discovery import _truth_axis, _truth_record
 from autoscope.instruments.records import ImageRecord, SpectrumRecord
 from autoscope.instruments.sim.oracle import Oracle
@@ -434,7 +435,7 @@ def goal_truth_plasmonic(
     spectrum_dwell_s: float,
     energy_min_eV: float,
     energy_max_eV: float,
-    min_ratio: float = 2.0,
+    min_ratio: float = HOST_MIN_RATIO,
     max_points: int = 400,
     seed: int = 0,
 ) -> tuple[dict[str, bool], dict[str, float]]:
