@@ -9,6 +9,7 @@ be reached, the deterministic planner answers and the reason is logged in the ru
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,14 +24,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
 
-def checked_model(schema: type[T], check: Callable[[T], None]) -> type[T]:
-    """``schema`` with ``check`` as an after-validator (same JSON schema, same name)."""
+def checked_model(schema: type[T], check: Callable[[T], None], json_schema: dict | None = None) -> type[T]:
+    """``schema`` with ``check`` as an after-validator (same name). Its JSON schema, what a back
+    end is given, is ``schema``'s, or ``json_schema`` when given (a narrowing of it, such as
+    ``plan.grounded_schema``: validation is still ``schema``'s and ``check``'s)."""
 
     class Checked(schema):  # type: ignore[valid-type,misc]
         @model_validator(mode="after")
         def _run_check(self):
             check(self)
             return self
+
+        if json_schema is not None:
+
+            @classmethod
+            def model_json_schema(cls, *args, **kwargs) -> dict:
+                return copy.deepcopy(json_schema)
 
     Checked.__name__ = schema.__name__
     Checked.__qualname__ = schema.__qualname__
@@ -48,9 +57,11 @@ def propose(
     fallback: Callable[[], T],
     purpose: str,
     repair_example: str | None = None,
+    json_schema: dict | None = None,
 ) -> tuple[T, dict | None]:
     """The model's validated proposal, or the fallback's with ``{"purpose", "reason"}`` of the fallback.
-    ``repair_example``: a valid instance shown only when an answer needs repair."""
+    ``repair_example``: a valid instance shown only when an answer needs repair; ``json_schema``:
+    what the back end is given instead of ``schema``'s own (see ``checked_model``)."""
     if ctx.llm.backend == "none":
         return fallback(), None
     messages = [
@@ -61,7 +72,7 @@ def propose(
         answer = structured(
             ctx.llm,
             messages,
-            checked_model(schema, check),
+            checked_model(schema, check, json_schema),
             purpose=purpose,
             retries=ctx.repair_retries,
             on_call=ctx.log_llm_call,

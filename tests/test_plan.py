@@ -4,9 +4,11 @@ deterministic planner, and the prompts (each renders; a missing variable fails).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jinja2
+import jsonschema
 import pytest
 from pydantic import ValidationError
 
@@ -24,10 +26,11 @@ from autoscope.tools.plan import (
     check_grounded,
     check_hypothesis,
     check_plan,
+    grounded_schema,
     plan_schema,
 )
 from autoscope.tools.plan_engine import execute_plan
-from autoscope.tools.predictions import LocalizedAt, Uniform
+from autoscope.tools.predictions import LocalizedAt, Trend, Uniform
 from autoscope.tools.queries import per_site, strata_values
 from autoscope.tools.store import RunStore
 from autoscope.tools.survey import IMAGE_STEP
@@ -118,6 +121,17 @@ def test_checks_refuse_what_the_instrument_or_the_survey_cannot_do(sv):
         check_grounded(lattice, sv.smap, sv.grid)
     check_grounded(h, sv.smap, sv.grid)
 
+    # a trend's covariate must have values over its class: a particle property over particles,
+    # a distance to the interface where there is one (this survey has particles, no interface)
+    def trend(over: str, covariate: str) -> Hypothesis:
+        return h.model_copy(update={"prediction": Trend(over=over, covariate=covariate, sign="increasing")})
+
+    check_grounded(trend("rod_tip", "aspect_ratio"), sv.smap, sv.grid)
+    with pytest.raises(PlanValidationError, match="aspect_ratio is a particle property and substrate is not"):
+        check_grounded(trend("substrate", "aspect_ratio"), sv.smap, sv.grid)
+    with pytest.raises(PlanValidationError, match="no interface.*here: aspect_ratio, size_nm"):
+        check_grounded(trend("rod", "distance_to_interface_nm"), sv.smap, sv.grid)
+
 
 def test_a_prediction_must_fit_its_signal():
     from autoscope.tools.ml.descriptors import PatchSpec
@@ -133,6 +147,103 @@ def test_a_prediction_must_fit_its_signal():
             refuted_if="no peak at the tips",
             prediction=LocalizedAt(at="rod_tip"),
         )
+
+
+SIGNALS = {
+    "band_intensity": {"kind": "band_intensity", "lo_eV": 1.1, "hi_eV": 1.7},
+    "peak_position": {"kind": "peak_position", "lo_eV": 1.0, "hi_eV": 2.0},
+    "peak_ratio": {"kind": "peak_ratio", "a_lo_eV": 1.0, "a_hi_eV": 1.5, "b_lo_eV": 2.0, "b_hi_eV": 2.5},
+    "edge_onset": {"kind": "edge_onset", "lo_eV": 450, "hi_eV": 470, "pre_lo_eV": 435, "pre_hi_eV": 450},
+}
+PREDICTIONS = {
+    "localized_at": {"kind": "localized_at", "at": "rod_tip"},
+    "contrast": {"kind": "contrast", "a": "rod_tip", "b": "substrate"},
+    "shift": {"kind": "shift", "a": "bright_side", "b": "dim_side"},
+    "trend": {"kind": "trend", "over": "rod_tip", "covariate": "aspect_ratio", "sign": "increasing"},
+    "uniform": {"kind": "uniform", "over": ["rod_tip", "substrate"]},
+    "identity": {"kind": "identity", "at": "bright_site_brighter", "species": "W", "host": "Mo"},
+}
+
+
+def test_the_hypothesis_schema_admits_exactly_the_signal_prediction_pairs_the_validator_accepts():
+    """A grammar built from the schema cannot emit a pair the validator refuses (an edge onset
+    'localized at' a class), and loses none it accepts."""
+    from autoscope.agents.llm.local import _grammar_compiles
+
+    schema = Hypothesis.model_json_schema()
+    in_schema = {
+        (s, p)
+        for v in schema["anyOf"]
+        for s in v["properties"]["signal"]["discriminator"]["mapping"]
+        for p in v["properties"]["prediction"]["discriminator"]["mapping"]
+    }
+    accepted = set()
+    for s, sig in SIGNALS.items():
+        for p, pred in PREDICTIONS.items():
+            try:
+                Hypothesis.model_validate(
+                    {"statement": "a pair of kinds", "signal": sig, "patch": {}, "expected": "it holds",
+                     "refuted_if": "it does not", "prediction": pred}
+                )  # fmt: skip
+                accepted.add((s, p))
+            except ValidationError as exc:
+                assert "needs a signal of kind" in str(exc), exc
+    assert in_schema == accepted
+    assert ("edge_onset", "localized_at") not in in_schema and ("edge_onset", "shift") in in_schema
+    # every variant is a whole object (llama.cpp reads only the union), and the grammar compiles
+    for v in schema["anyOf"]:
+        assert v["required"] == ["statement", "signal", "patch", "expected", "refuted_if", "prediction"]
+        assert v["additionalProperties"] is False
+    assert _grammar_compiles(schema)
+    for s, p in [("edge_onset", "localized_at"), ("band_intensity", "shift")]:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(
+                {"statement": "a pair of kinds", "signal": SIGNALS[s], "patch": {}, "expected": "it holds",
+                 "refuted_if": "it does not", "prediction": PREDICTIONS[p]},
+                schema,
+            )  # fmt: skip
+
+
+def test_the_grounded_schema_names_only_what_the_survey_shows(sv):
+    """On the plasmonic survey (particles, no lattice, no interface) a model's grammar can name
+    particle classes and the substrate, particle covariates, and nothing else; every answer the
+    schema admits on class names passes check_grounded."""
+    from autoscope.agents.llm.local import _grammar_compiles
+    from autoscope.tools.grounding.classes import CLASS_GROUPS, FEATURE_CLASSES
+
+    g = grounded_schema(sv.smap, sv.grid)
+    at = g["$defs"]["LocalizedAt"]["properties"]["at"]["anyOf"]
+    named = {c for alt in at for c in alt["enum"]}
+    assert {"rod_tip", "cube_corner", "substrate", "rod", "particle"} <= named
+    assert not named & {"sublattice_dim", "bright_side", "interface", "lattice_site", "side"}
+    assert g["$defs"]["Trend"]["properties"]["covariate"]["enum"] == [
+        "aspect_ratio",
+        "size_nm",
+        "length_nm",
+        "width_nm",
+    ]
+    assert _grammar_compiles(g)
+    h, _ = a_plan(sv)
+    for c in (*FEATURE_CLASSES, *CLASS_GROUPS):
+        d = json.loads(h.model_dump_json())
+        d["prediction"] = {"kind": "localized_at", "at": c, "versus": "substrate"}
+        try:
+            jsonschema.validate(d, g)
+        except jsonschema.ValidationError:
+            assert c not in named
+            with pytest.raises(PlanValidationError, match="this survey shows no"):
+                check_grounded(Hypothesis.model_validate(d), sv.smap, sv.grid)
+        else:
+            assert c in named
+            check_grounded(Hypothesis.model_validate(d), sv.smap, sv.grid)
+    d["prediction"] = {
+        "kind": "trend",
+        "over": "rod_tip",
+        "covariate": "distance_to_interface_nm",
+        "sign": "increasing",
+    }
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(d, g)
 
 
 def test_dry_run_walks_the_steps_and_predicts_what_execution_spends(sv, tmp_path: Path):
@@ -316,14 +427,17 @@ def test_every_prompt_renders_and_a_missing_variable_fails(sv):
 
 @pytest.mark.parametrize("scenario", ["plasmonic", "tmd-defects", "oxide-interface"])
 def test_deterministic_proposals_pass_the_checks_asked_of_a_model(scenario):
-    """The example every prompt shows must itself be valid, on every scenario and round."""
+    """The example every prompt shows must itself be valid, on every scenario and round, and lie
+    inside the survey's grounded schema (what a model's grammar is built from)."""
     sv = surveyed(scenario, 0)
+    grounded = grounded_schema(sv.smap, sv.grid)
     tested = []
     for n in (1, 2, 3):
         h = deterministic.hypothesis(sv.spec, sv.smap, sv.present, sv.spectra, n, tested)
         assert h is not None, f"{scenario}: no hypothesis for round {n}"
         check_hypothesis(h, sv.caps)
         check_grounded(h, sv.smap, sv.grid)
+        jsonschema.validate(json.loads(h.model_dump_json()), grounded)
         p = deterministic.plan(
             sv.spec, h, sv.step, sv.caps, budget_left=60, rounds_left=2, present=sv.present
         )

@@ -14,23 +14,67 @@ limits below it hold whatever a plan says.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import copy
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscope.instruments.records import Capabilities
-from autoscope.tools.grounding.classes import ClassName, members
+from autoscope.tools.grounding.classes import CLASS_GROUPS, ClassName, FeatureClass, members
 from autoscope.tools.grounding.model import SurveyMap
 from autoscope.tools.ml.acquisition import AcquisitionSpec
 from autoscope.tools.ml.base import MonitorKind
 from autoscope.tools.ml.descriptors import PatchSpec
 from autoscope.tools.ml.scalarizers import Scalarizer, require_kind
-from autoscope.tools.predictions import ENERGY_SIGNALS, Identity, LocalizedAt, Prediction, kinds_for_signal
+from autoscope.tools.predictions import (
+    ENERGY_SIGNALS,
+    PARTICLE_COVARIATES,
+    Covariate,
+    Identity,
+    LocalizedAt,
+    Prediction,
+    Trend,
+    kinds_for_signal,
+)
 
 
 class PlanValidationError(ValueError):
     """A hypothesis or plan that is well-formed but cannot be carried out here; the message says why."""
+
+
+def _signal_prediction_pairs(schema: dict[str, Any]) -> None:
+    """Write the signal/prediction rule into the JSON schema itself: one object variant per group
+    of signal kinds that admit the same predictions (``kinds_for_signal``).
+
+    A back end that compiles the schema into a grammar (llama.cpp) or enforces it server-side
+    then cannot emit a pair the validator would refuse, such as an edge onset with a
+    ``localized_at`` prediction: once the model has written the signal, only predictions that
+    can judge it remain open. Validation is unchanged (``_signal_fits_prediction`` still runs).
+    """
+    props = schema["properties"]
+    sig, pred = props["signal"], props["prediction"]
+    smap, pmap = sig["discriminator"]["mapping"], pred["discriminator"]["mapping"]
+
+    def union(field: dict, mapping: dict[str, str], kinds: list[str]) -> dict:
+        out = {k: v for k, v in field.items() if k not in ("oneOf", "discriminator")}
+        out["oneOf"] = [{"$ref": mapping[k]} for k in kinds]
+        out["discriminator"] = {"propertyName": "kind", "mapping": {k: mapping[k] for k in kinds}}
+        return out
+
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for s in smap:
+        groups.setdefault(tuple(k for k in kinds_for_signal(s) if k in pmap), []).append(s)
+    body = {k: v for k, v in schema.items() if k not in ("title", "description")}
+    variants = []
+    for preds, sigs in groups.items():
+        v = copy.deepcopy(body)
+        v["properties"]["signal"] = union(sig, smap, sigs)
+        v["properties"]["prediction"] = union(pred, pmap, list(preds))
+        variants.append(v)
+    head = {k: schema[k] for k in ("title", "description") if k in schema}
+    schema.clear()
+    schema.update(head, type="object", anyOf=variants)
 
 
 class Hypothesis(BaseModel):
@@ -40,7 +84,7 @@ class Hypothesis(BaseModel):
     deeply nested grammar rule in llama.cpp that slows constrained decoding to seconds a token.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_signal_prediction_pairs)
 
     id: str = Field("H1", pattern=r"^H[0-9]{1,3}$")
     statement: str = Field(min_length=10)
@@ -435,6 +479,80 @@ def check_grounded(h: Hypothesis, smap: SurveyMap, candidates_nm: np.ndarray) ->
         raise PlanValidationError(
             f"prediction: this survey shows no {', '.join(absent)}; classes present: {have}"
         )
+    if isinstance(h.prediction, Trend):
+        _check_covariate(h.prediction, smap)
+
+
+def covariates_with_values(smap: SurveyMap) -> list[str]:
+    """The trend covariates this survey gives values for: particle properties where it shows
+    particles, the distance to the interface where it shows one."""
+    return [
+        c for c in get_args(Covariate) if (smap.particles if c in PARTICLE_COVARIATES else smap.interface)
+    ]
+
+
+def grounded_schema(smap: SurveyMap, candidates_nm: np.ndarray) -> dict[str, Any]:
+    """The hypothesis JSON schema narrowed to this survey: class names to the classes (and
+    groups) it shows, trend covariates to those with values, no trend where none has.
+
+    Given to a model instead of the general schema, a grammar (or a server that enforces the
+    schema) keeps it from naming what ``check_grounded`` would refuse, so its first answer is its
+    own rather than a repair after an example. The checks still run on every answer.
+    """
+    present = smap.classes_present(candidates_nm)
+    names = set(get_args(FeatureClass)) | set(CLASS_GROUPS)
+    allowed = {c for c in names if any(m in present for m in members(c))}
+    if not allowed:
+        raise PlanValidationError("survey: it shows no feature class a hypothesis could name")
+    covariates = covariates_with_values(smap)
+    schema = Hypothesis.model_json_schema()
+
+    def narrow(node: Any) -> None:
+        if isinstance(node, list):
+            for v in node:
+                narrow(v)
+            return
+        if not isinstance(node, dict):
+            return
+        enum = node.get("enum")
+        if enum and len(enum) > 1 and set(enum) <= names:
+            node["enum"] = [e for e in enum if e in allowed]
+        elif enum and set(enum) == set(get_args(Covariate)):
+            node["enum"] = covariates
+        for v in node.values():
+            narrow(v)
+        if "anyOf" in node:  # a class-name union loses the alternatives left with no name
+            node["anyOf"] = [a for a in node["anyOf"] if a.get("enum", True)]
+
+    narrow(schema)
+    if not covariates:
+        trend = "#/$defs/Trend"
+        for v in schema["anyOf"]:
+            pred = v["properties"]["prediction"]
+            pred["oneOf"] = [r for r in pred["oneOf"] if r["$ref"] != trend]
+            pred["discriminator"]["mapping"] = {
+                k: r for k, r in pred["discriminator"]["mapping"].items() if r != trend
+            }
+        schema["$defs"].pop("Trend", None)
+    return schema
+
+
+def _check_covariate(p: Trend, smap: SurveyMap) -> None:
+    """Refuse a trend whose covariate has no value over its class here (``evidence.trend_features``
+    would find no feature): a particle property needs particle classes and particles, a distance
+    to the interface needs an interface. The message names the covariates that do have values."""
+    particle_class = set(members(p.over)) <= set(CLASS_GROUPS["particle"])
+    fits = [c for c in covariates_with_values(smap) if particle_class or c not in PARTICLE_COVARIATES]
+    if p.covariate not in fits:
+        why = (
+            f"{p.covariate} is a particle property and {p.over} is not a particle class on this survey"
+            if p.covariate in PARTICLE_COVARIATES
+            else "this survey shows no interface"
+        )
+        raise PlanValidationError(
+            f"prediction: {why}, so a trend over {p.over} with it has no values; covariates with values "
+            f"over {p.over} here: {', '.join(fits) or 'none (choose another class or prediction)'}"
+        )
 
 
 __all__ = [
@@ -455,6 +573,8 @@ __all__ = [
     "check_grounded",
     "check_hypothesis",
     "check_plan",
+    "covariates_with_values",
+    "grounded_schema",
     "measured_strata",
     "plan_schema",
     "signal_window",

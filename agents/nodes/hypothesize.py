@@ -15,7 +15,13 @@ from autoscope.agents.context import RunContext
 from autoscope.agents.proposing import propose
 from autoscope.agents.state import GraphState
 from autoscope.tools.grounding import population_grid
-from autoscope.tools.plan import Hypothesis, PlanValidationError, check_grounded, check_hypothesis
+from autoscope.tools.plan import (
+    Hypothesis,
+    PlanValidationError,
+    check_grounded,
+    check_hypothesis,
+    grounded_schema,
+)
 from autoscope.tools.survey import IMAGE_STEP
 
 
@@ -91,6 +97,8 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         fallback=fallback,
         purpose=f"hypothesis {hid}",
         repair_example=example if own_first else None,
+        # the grammar (or a server's schema) offers only the classes and covariates this survey has
+        json_schema=grounded_schema(smap, grid),
     )
     author = h.author if h.author == deterministic.AUTHOR else f"{ctx.llm.backend}:{ctx.llm.model}"
     h = h.model_copy(update={"id": hid, "author": author})
