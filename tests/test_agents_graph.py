@@ -3,6 +3,7 @@ fallbacks of LLM output, interventions, injections, and small checkpoints."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -316,20 +317,40 @@ def test_a_schema_enforcing_model_proposes_its_own_hypothesis_and_sees_the_examp
 
     seen: list = []
 
+    schemas: list[dict] = []
+
     class Enforcing(ScriptedLLM):
         enforces_schema = True  # as the grammar-constrained embedded model
+
+        def complete_json(self, messages, schema, *, purpose):
+            schemas.append((purpose, schema.model_json_schema()))
+            return super().complete_json(messages, schema, purpose=purpose)
 
     def own(messages):
         seen.append(list(messages))
         return '{"statement": "rods glow"}'  # invalid: most fields missing
 
+    given: list[str] = []
+
     def repaired(messages):
         seen.append(list(messages))
-        return messages[-1]["content"].strip().splitlines()[-1]  # the example the repair shows
+        given.append(messages[-1]["content"].strip().splitlines()[-1])  # the example the repair shows
+        return given[-1]
 
-    out = run(tmp_path / "run", llm=Enforcing([own, repaired, answer()]), rounds=1)
+    def again(messages):  # round 2: the model proposes round 1's hypothesis once more
+        seen.append(list(messages))
+        return given[0]
+
+    out = run(tmp_path / "run", llm=Enforcing([own, repaired, answer(), again, repaired, answer()]), rounds=2)
     assert out.status == "done"
     first = next(m for m in seen[0] if m["role"] == "user")["content"]
     assert "JSON shape is enforced" in first and '"prediction"' not in first
     assert "for comparison" in seen[1][-1]["content"] and '"prediction"' in seen[1][-1]["content"]
     assert out.summary["hypotheses"][0]["author"].startswith("scripted")
+    # the schema a hypothesis is asked with is the survey's: no lattice or interface classes here
+    hyp_schema = next(s for p, s in schemas if p == "hypothesis H1")
+    names = json.dumps(hyp_schema["$defs"]["LocalizedAt"])
+    assert '"rod_tip"' in names and '"sublattice_dim"' not in names and '"bright_side"' not in names
+    # a repeat is refused naming the round that tested it, and repaired
+    assert "tested already as H1 (band_intensity signal, localized_at over" in seen[3][-1]["content"]
+    assert len(out.summary["hypotheses"]) == 2

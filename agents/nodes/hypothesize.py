@@ -52,15 +52,23 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     def fallback() -> Hypothesis:
         return proposal
 
-    statements = {h.statement.strip().lower() for h in tested}
-    keys = {deterministic.key(h) for h in tested}
-
     def check(h: Hypothesis) -> None:
         check_hypothesis(h, caps)
         check_grounded(h, smap, grid)
-        if h.statement.strip().lower() in statements or deterministic.key(h) in keys:
+        same = next(
+            (
+                t
+                for t in tested
+                if h.statement.strip().lower() == t.statement.strip().lower()
+                or deterministic.key(h) == deterministic.key(t)
+            ),
+            None,
+        )
+        if same is not None:
             raise PlanValidationError(
-                "statement: this hypothesis was tested already; propose a different one"
+                f"statement: this hypothesis was tested already as {same.id} ({same.signal.kind} signal, "
+                f"{same.prediction.kind} over {', '.join(same.prediction.classes())}); propose a different "
+                "one: another prediction kind, other classes or another signal"
             )
 
     previous = [
