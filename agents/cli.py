@@ -48,6 +48,9 @@ theory_app = typer.Typer(
     help="Theory in the loop: simulate images, rank defect models.", no_args_is_help=True
 )
 app.add_typer(theory_app, name="theory")
+from autoscope.agents.cli_data import data_app  # noqa: E402 - beside the other command groups
+
+app.add_typer(data_app, name="data")
 err = Console(stderr=True)
 
 EXIT_BAD_INPUT = 2

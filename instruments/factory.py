@@ -46,11 +46,14 @@ def open_backend(
 
         return RemoteMicroscope(remote, token, timeout_s=timeout_s, retries=retries)
     if replay:
+        from autoscope.instruments.readers import read_recording
         from autoscope.instruments.replay import ReplayMicroscope
 
         if not Path(replay).exists():
             raise InvalidRequest("replay", f"no such dataset: {replay}")
-        return ReplayMicroscope(Path(replay), seed=seed)
+        # the field's formats through their readers; what was assumed is logged there
+        si = read_recording(replay).spectrum_image()
+        return ReplayMicroscope(si, seed=seed, name=Path(replay).stem)
     from autoscope.instruments.config_files import load_model
     from autoscope.instruments.sim.config import SimConfig
     from autoscope.instruments.sim.scenarios import make_microscope

@@ -263,3 +263,23 @@ def evidence_figure(
         ax.set_ylabel(signal_label)
         ax.set_title("trend over features")
     return _save(fig, path, title, dpi=100)
+
+
+def recording_figure(rec, path: Path) -> Path:
+    """A read recording (``instruments.readers.Recording``): its survey image over the scan field
+    (nm) and its mean spectrum over the energy axis, labelled with the axis name and provenance."""
+    c = {k: v.value for k, v in rec.conditions.items()}
+    h, w, e = rec.spectra.shape
+    energy = c["energy_offset_eV"] + c["dispersion_eV"] * np.arange(e)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    x0, y0, px = c["origin_x_nm"], c["origin_y_nm"], c["pixel_size_nm"]
+    a.imshow(rec.image, cmap="gray", origin="upper", extent=(x0, x0 + w * px, y0 + h * px, y0))
+    a.set_xlabel("x (nm)")
+    a.set_ylabel("y (nm)")
+    a.set_title(f"{rec.image_source or 'no image'} — {h} × {w}", fontsize=8)
+    b.plot(energy, np.nanmean(rec.spectra, axis=(0, 1)), lw=0.8)
+    b.set_xlabel(f"{rec.energy_name} (eV)")
+    b.set_ylabel("mean counts per pixel")
+    assumed = ", ".join(rec.assumed()) or "none"
+    b.set_title(f"{rec.signal_type or 'spectrum'}; assumed: {assumed}", fontsize=8)
+    return _save(fig, path, rec.path.name, 110)
