@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from autoscope.instruments.errors import ConfigError
-from autoscope.instruments.replay import SpectrumImage, load_spectrum_image
+from autoscope.instruments.replay import SCALARS, SpectrumImage, load_spectrum_image
 
 log = logging.getLogger(__name__)
 
@@ -547,17 +547,7 @@ def _read_native(path: Path) -> Recording:
         si = load_spectrum_image(path)
     except (ValueError, KeyError, OSError) as exc:
         raise RecordingError("file", str(exc), str(path)) from exc
-    names = (
-        "pixel_size_nm",
-        "energy_offset_eV",
-        "dispersion_eV",
-        "dwell_s",
-        "spectrum_dwell_s",
-        "current_pA",
-        "origin_x_nm",
-        "origin_y_nm",
-    )
-    cond = {k: Condition(float(getattr(si, k)), "file", k) for k in names}
+    cond = {k: Condition(float(getattr(si, k)), "file", k) for k in SCALARS}
     return Recording(
         path, "autoscope", si.spectra, si.image, f"image from {path.name}", "EELS", "energy loss", cond
     )

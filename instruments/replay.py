@@ -47,7 +47,7 @@ from autoscope.instruments.records import (
 log = logging.getLogger(__name__)
 
 FORMAT = "autoscope.spectrum_image/1"
-_SCALARS = (
+SCALARS = (
     "pixel_size_nm",
     "energy_offset_eV",
     "dispersion_eV",
@@ -151,7 +151,7 @@ def save_spectrum_image(
         float(origin_x_nm),
         float(origin_y_nm),
     )
-    scalars = {k: getattr(si, k) for k in _SCALARS}
+    scalars = {k: getattr(si, k) for k in SCALARS}
     if path.suffix in (".h5", ".hdf5"):
         with h5py.File(path, "w") as f:
             f.attrs["format"] = FORMAT
@@ -177,7 +177,7 @@ def load_spectrum_image(path: str | Path) -> SpectrumImage:
                     f"{path}: needs datasets 'image' and 'spectra' (NSID files are not supported)"
                 )
             image, spectra = f["image"][()], f["spectra"][()]
-            for k in _SCALARS:
+            for k in SCALARS:
                 if k in f.attrs:
                     values[k] = float(f.attrs[k])
                 elif k in f:
@@ -185,10 +185,10 @@ def load_spectrum_image(path: str | Path) -> SpectrumImage:
     elif path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             image, spectra = z["image"], z["spectra"]
-            values = {k: float(z[k]) for k in _SCALARS if k in z.files}
+            values = {k: float(z[k]) for k in SCALARS if k in z.files}
     else:
         raise ValueError(f"unknown spectrum-image format {path.suffix!r}: use .h5 or .npz")
-    missing = [k for k in _SCALARS if k not in values and k not in _OPTIONAL]
+    missing = [k for k in SCALARS if k not in values and k not in _OPTIONAL]
     if missing:
         raise ValueError(f"{path}: missing recording conditions {missing}")
     return SpectrumImage(image=np.asarray(image), spectra=np.asarray(spectra), **{**_OPTIONAL, **values})
