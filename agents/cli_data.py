@@ -19,14 +19,18 @@ ImageOpt = Annotated[
 ]
 
 
-def _given(dwell_s, spectrum_dwell_s, current_pA, pixel_size_nm) -> dict[str, float]:
+def _read(file, image, dwell_s, spectrum_dwell_s, current_pA, pixel_size_nm, energy_shift_eV):
+    """The recording, with the conditions the person gave on the command line."""
+    from autoscope.instruments.readers import read_recording
+
     vals = {
         "dwell_s": dwell_s,
         "spectrum_dwell_s": spectrum_dwell_s,
         "current_pA": current_pA,
         "pixel_size_nm": pixel_size_nm,
     }
-    return {k: v for k, v in vals.items() if v is not None}
+    given = {k: v for k, v in vals.items() if v is not None}
+    return read_recording(file, image_path=image, given=given, energy_shift_eV=energy_shift_eV)
 
 
 DwellOpt = Annotated[float | None, typer.Option(help="Image dwell per pixel (s), when the file has none.")]
@@ -54,16 +58,10 @@ def inspect(
 ) -> None:
     """What a recorded file holds: axes, counts, each recording condition as read from the file or assumed."""
     from autoscope.agents.cli import _cli_errors
-    from autoscope.instruments.readers import read_recording
     from autoscope.tools.figures import recording_figure
 
     with _cli_errors():
-        rec = read_recording(
-            file,
-            image_path=image,
-            given=_given(dwell_s, spectrum_dwell_s, current_pA, pixel_size_nm),
-            energy_shift_eV=energy_shift_eV,
-        )
+        rec = _read(file, image, dwell_s, spectrum_dwell_s, current_pA, pixel_size_nm, energy_shift_eV)
         fig = recording_figure(rec, figure or Path(f"{file.stem}.inspect.png"))
         rep = {**rec.report(), "figure": str(fig)}
         if as_json:
@@ -100,7 +98,6 @@ def convert(
     """Write a recorded spectrum image in the internal replay format, with the conditions read or given."""
     from autoscope.agents.cli import _cli_errors
     from autoscope.instruments.errors import ConfigError
-    from autoscope.instruments.readers import read_recording
     from autoscope.instruments.replay import save_spectrum_image
 
     with _cli_errors():
@@ -108,12 +105,7 @@ def convert(
             raise ConfigError("out", f"{out.suffix or '(none)'}: write .h5 or .npz")
         if out.exists():
             raise ConfigError("out", f"{out} exists: not overwritten")
-        rec = read_recording(
-            file,
-            image_path=image,
-            given=_given(dwell_s, spectrum_dwell_s, current_pA, pixel_size_nm),
-            energy_shift_eV=energy_shift_eV,
-        )
+        rec = _read(file, image, dwell_s, spectrum_dwell_s, current_pA, pixel_size_nm, energy_shift_eV)
         si = rec.spectrum_image()
         save_spectrum_image(out, si.image, si.spectra, **{k: v.value for k, v in rec.conditions.items()})
         assumed = ", ".join(rec.assumed()) or "none"

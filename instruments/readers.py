@@ -330,6 +330,10 @@ _META = (
     ("Scan.DwellTime", "spectrum_dwell_s", 1.0),
     ("EDS.Acquisition.Exposure (s)", "spectrum_dwell_s", 1.0),
     ("EELS.Acquisition.Exposure (s)", "spectrum_dwell_s", 1.0),
+    # pycroscopy USID channel attributes (DigitalMicrograph tags flattened with hyphens)
+    ("SI-Acquisition-Pixel-time-(s)", "spectrum_dwell_s", 1.0),
+    ("EELS-Acquisition-Exposure-(s)", "spectrum_dwell_s", 1.0),
+    ("Microscope-Info-Probe-Current-(nA)", "current_pA", 1e3),
 )
 
 
@@ -516,28 +520,9 @@ def _read_usid(path: Path) -> Recording:
         raise RecordingError("dispersion_eV", "the spectroscopic values are not evenly spaced", str(path))
     cond["energy_offset_eV"] = Condition(float(spec[0]) * ke, "file", "Spectroscopic_Values[0]")
     cond["dispersion_eV"] = Condition(float(d[0]) * ke, "file", "Spectroscopic_Values step")
-    usid_meta = (
-        ("SI-Acquisition-Pixel-time-(s)", "spectrum_dwell_s", 1.0),
-        ("EELS-Acquisition-Exposure-(s)", "spectrum_dwell_s", 1.0),
-        ("Microscope-Info-Probe-Current-(nA)", "current_pA", 1e3),
-    )
-    for key, name, factor in usid_meta:
-        for p, v in attrs.items():
-            if name not in cond and p.endswith(key):
-                x = float(v) * factor
-                if x > 0:
-                    cond[name] = Condition(x, "file", p)
-                else:
-                    notes.append(f"{name}: the file's {p} is {_num(v)}: not used")
-    image, source = (np.zeros(hw), "")
-    if adf is not None:
-        binned = _bin_to(np.asarray(adf[0], dtype=np.float64), hw)
-        if binned is not None:
-            f_ = adf[0].shape[0] // hw[0]
-            image, source = (
-                binned,
-                f"{adf[1]}/Image" + (f" (binned {f_}×{f_} from {adf[0].shape})" if f_ > 1 else ""),
-            )
+    cond.update(_conditions_from(attrs, notes))
+    images = [] if adf is None else [{"data": adf[0], "metadata": {"General": {"title": f"{adf[1]}/Image"}}}]
+    image, source = _grid_image(images, hw, path, notes)
     return Recording(path, "usid (h5py)", spectra, image, source, "EELS", "Loss", cond, tuple(notes))
 
 

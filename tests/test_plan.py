@@ -211,7 +211,7 @@ def test_the_grounded_schema_names_only_what_the_survey_shows(sv):
     from autoscope.agents.llm.local import _grammar_compiles
     from autoscope.tools.grounding.classes import CLASS_GROUPS, FEATURE_CLASSES
 
-    g = grounded_schema(sv.smap, sv.grid)
+    g = grounded_schema(sv.smap, sv.present)
     at = g["$defs"]["LocalizedAt"]["properties"]["at"]["anyOf"]
     named = {c for alt in at for c in alt["enum"]}
     assert {"rod_tip", "cube_corner", "substrate", "rod", "particle"} <= named
@@ -430,7 +430,7 @@ def test_deterministic_proposals_pass_the_checks_asked_of_a_model(scenario):
     """The example every prompt shows must itself be valid, on every scenario and round, and lie
     inside the survey's grounded schema (what a model's grammar is built from)."""
     sv = surveyed(scenario, 0)
-    grounded = grounded_schema(sv.smap, sv.grid)
+    grounded = grounded_schema(sv.smap, sv.present)
     tested = []
     for n in (1, 2, 3):
         h = deterministic.hypothesis(sv.spec, sv.smap, sv.present, sv.spectra, n, tested)

@@ -491,15 +491,15 @@ def covariates_with_values(smap: SurveyMap) -> list[str]:
     ]
 
 
-def grounded_schema(smap: SurveyMap, candidates_nm: np.ndarray) -> dict[str, Any]:
+def grounded_schema(smap: SurveyMap, present: dict[str, int]) -> dict[str, Any]:
     """The hypothesis JSON schema narrowed to this survey: class names to the classes (and
-    groups) it shows, trend covariates to those with values, no trend where none has.
+    groups) it shows (``present``: ``SurveyMap.classes_present`` of the candidates, as the
+    survey node stores it), trend covariates to those with values, no trend where none has.
 
     Given to a model instead of the general schema, a grammar (or a server that enforces the
     schema) keeps it from naming what ``check_grounded`` would refuse, so its first answer is its
     own rather than a repair after an example. The checks still run on every answer.
     """
-    present = smap.classes_present(candidates_nm)
     names = set(get_args(FeatureClass)) | set(CLASS_GROUPS)
     allowed = {c for c in names if any(m in present for m in members(c))}
     if not allowed:

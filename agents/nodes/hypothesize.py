@@ -106,7 +106,7 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         purpose=f"hypothesis {hid}",
         repair_example=example if own_first else None,
         # the grammar (or a server's schema) offers only the classes and covariates this survey has
-        json_schema=grounded_schema(smap, grid),
+        json_schema=grounded_schema(smap, present),
     )
     author = h.author if h.author == deterministic.AUTHOR else f"{ctx.llm.backend}:{ctx.llm.model}"
     h = h.model_copy(update={"id": hid, "author": author})
