@@ -1,14 +1,30 @@
 """Replay of a recorded spectrum image through the microscope protocols.
 
-A dataset holds a HAADF image ``image`` (H, W) and EELS ``spectra`` (H, W, E), both in
-counts, with the conditions they were recorded at. The replay treats the recorded
-counts as the expectation at the recorded dose and serves new acquisitions from it:
-an image is the recording resampled (bilinear) over the requested field, a spectrum
-the one at the nearest recorded pixel, cut to the requested window; both are scaled
-by the electrons per pixel (current × dwell) relative to the recording and, with
-``poisson=True``, drawn as Poisson counts from a seeded generator. Counts scale with
-the electrons per pixel, not with the pixel area: a scanned probe samples a point. Parts
-of a field beyond the recording repeat its edge values.
+A dataset holds a survey image ``image`` (H, W) and ``spectra`` (H, W, E) with the
+conditions they were recorded at. New acquisitions are served from the recording: an
+image is the recording over the requested field (pixel for pixel on the recorded grid,
+bilinear elsewhere), a spectrum the one at the nearest recorded pixel, cut to the
+requested window. Both scale with the electrons per pixel (current × dwell) relative to
+the recording, ``s``; how the counts are resampled is a ``NoiseModel`` per stream:
+
+- ``poisson``: detector counts, ``value = offset + gain · N``. At ``s ≤ 1`` the recorded
+  counts are thinned binomially (each recorded electron kept with probability ``s``),
+  which is exactly Poisson at the lower dose and does not count the recorded noise
+  twice. At ``s > 1`` the counts are scaled, ``s · N``, nothing drawn: no replay can be
+  less noisy than its recording, and drawing more would add noise on top of it (the
+  relative noise stays the recording's, ``1/√N``, above a real acquisition's). Counts that
+  are not whole numbers (a resampled field, a recording of expectations) are drawn as
+  Poisson about their scaled expectation.
+- ``none``: ``offset + s · (value − offset)``, nothing drawn; signed (dark-subtracted)
+  data keep their sign.
+
+``choose_noise`` picks the model a recording supports when none is given: ``poisson``
+for non-negative whole counts, else ``none``, with the reason. When a ``poisson``
+acquisition's scale leaves it mostly shot noise (the expected correlation with the
+recording below ``SHOT_NOISE_CORR``), the replay warns, naming the scale factor and the
+dwell that would reach it. Counts scale with the electrons per pixel, not with the pixel
+area: a scanned probe samples a point. Parts of a field beyond the recording repeat its
+edge values.
 
 Files: HDF5 (``.h5``/``.hdf5``: datasets ``image``, ``spectra``, scalars as root
 attributes or 0-d datasets) or NumPy ``.npz``. Pycroscopy/sidpy NSID files are not
@@ -20,9 +36,11 @@ have to guess the dose; convert with ``save_spectrum_image`` giving them explici
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
+from typing import Literal
 
 import h5py
 import numpy as np
@@ -67,6 +85,88 @@ STAGE_SPEED_NM_PER_S = 2000.0
 PROBE_SETTLE_S = 1e-3
 
 
+#: below this expected correlation of a replayed image with its recording the replay warns
+SHOT_NOISE_CORR = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseModel:
+    """How a replayed stream is resampled (see the module doc); ``why`` says who chose it."""
+
+    kind: Literal["poisson", "none"]
+    gain: float = 1.0  # recorded value per detected count
+    offset: float = 0.0  # black level, not scaled with the dose
+    why: str = "given"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("poisson", "none"):
+            raise InvalidRequest("noise", f"{self.kind!r}: choose poisson or none")
+        if not (self.gain > 0 and math.isfinite(self.gain)) or not math.isfinite(self.offset):
+            raise InvalidRequest("noise", f"gain must be positive and offset finite, got {self.gain}, {self.offset}")
+
+    def counts(self, values: np.ndarray) -> np.ndarray:
+        """Detected counts behind recorded ``values``."""
+        return (np.asarray(values, dtype=np.float64) - self.offset) / self.gain
+
+    def resample(self, values: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+        """``values`` as recorded at dose 1, replayed at dose ``scale``."""
+        n = self.counts(values)
+        if self.kind == "none":
+            return self.offset + self.gain * scale * n
+        whole = np.round(n)
+        if np.all(np.abs(n - whole) < 1e-6) and np.all(whole >= 0):
+            if scale > 1.0:
+                return self.offset + self.gain * scale * whole
+            drawn = rng.binomial(whole.astype(np.int64), scale)
+        else:
+            drawn = rng.poisson(np.clip(scale * n, 0.0, None))
+        return self.offset + self.gain * drawn.astype(np.float64)
+
+    def expected_correlation(self, values: np.ndarray, scale: float) -> float:
+        """Correlation of a thinned replay with the recording itself: √(sV / (sV + (1 − s)μ)),
+        V and μ the variance and mean of the recorded counts (1 for ``none``, or ``s ≥ 1``)."""
+        if self.kind == "none" or scale >= 1.0:
+            return 1.0
+        n = self.counts(values)
+        v, mu = float(np.var(n)), float(np.mean(np.clip(n, 0.0, None)))
+        if v <= 0:
+            return 0.0
+        return math.sqrt(scale * v / (scale * v + (1.0 - scale) * mu))
+
+    def scale_for_correlation(self, values: np.ndarray, corr: float = SHOT_NOISE_CORR) -> float:
+        """The smallest dose scale whose expected correlation reaches ``corr``."""
+        n = self.counts(values)
+        v, mu, c2 = float(np.var(n)), float(np.mean(np.clip(n, 0.0, None))), corr**2
+        return 1.0 if v <= 0 else c2 * mu / ((1 - c2) * v + c2 * mu)
+
+
+def choose_noise(values: np.ndarray, what: str) -> NoiseModel:
+    """The resampling a recording supports: ``poisson`` for non-negative whole counts, else ``none``."""
+    a = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        return NoiseModel("none", why=f"the {what} hold NaN or inf values: replayed as recorded, scaled")
+    if np.any(a < 0):
+        frac = float(np.mean(a < 0))
+        return NoiseModel(
+            "none",
+            why=f"{frac:.1%} of the {what} values are negative (dark-subtracted or signed): replayed as "
+            "recorded, scaled, not resampled",
+        )
+    if not np.allclose(a, np.round(a), atol=1e-6):
+        return NoiseModel(
+            "none", why=f"the {what} are not whole counts: replayed scaled, not resampled (give a gain and offset "
+            "to resample them as detector counts)",
+        )
+    lo, med = float(np.min(a)), float(np.median(a))
+    if med > 0 and lo > 0.5 * med:
+        return NoiseModel(
+            "none",
+            why=f"the {what} sit on a pedestal ({lo:.6g}, median {med:.6g}: a detector black level?): replayed "
+            "scaled, not resampled; give its gain and offset to resample it as counts",
+        )
+    return NoiseModel("poisson", why=f"the {what} are non-negative whole counts")
+
+
 @dataclasses.dataclass(frozen=True)
 class SpectrumImage:
     """A recorded spectrum image. Pixel (row, col) is centred at
@@ -84,6 +184,8 @@ class SpectrumImage:
     current_pA: float
     origin_x_nm: float = 0.0
     origin_y_nm: float = 0.0
+    image_noise: NoiseModel | None = None  # None: choose_noise decides
+    spectrum_noise: NoiseModel | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 2 or self.spectra.ndim != 3 or self.spectra.shape[:2] != self.image.shape:
@@ -136,8 +238,13 @@ def save_spectrum_image(
     current_pA: float,
     origin_x_nm: float = 0.0,
     origin_y_nm: float = 0.0,
+    image_noise: NoiseModel | None = None,
+    spectrum_noise: NoiseModel | None = None,
 ) -> Path:
-    """Write a spectrum image as HDF5 (``.h5``/``.hdf5``) or NumPy (``.npz``); returns the path."""
+    """Write a spectrum image as HDF5 (``.h5``/``.hdf5``) or NumPy (``.npz``); returns the path.
+
+    ``image_noise``/``spectrum_noise``: how a replay resamples each (stored when given; a
+    recording of expectations, such as a twin's, says ``NoiseModel("poisson")``)."""
     path = Path(path)
     si = SpectrumImage(
         np.asarray(image),
@@ -151,7 +258,10 @@ def save_spectrum_image(
         float(origin_x_nm),
         float(origin_y_nm),
     )
-    scalars = {k: getattr(si, k) for k in SCALARS}
+    scalars: dict[str, object] = {k: getattr(si, k) for k in SCALARS}
+    for k, m in (("image_noise", image_noise), ("spectrum_noise", spectrum_noise)):
+        if m is not None:
+            scalars[k] = json.dumps({"kind": m.kind, "gain": m.gain, "offset": m.offset})
     if path.suffix in (".h5", ".hdf5"):
         with h5py.File(path, "w") as f:
             f.attrs["format"] = FORMAT
@@ -170,6 +280,7 @@ def load_spectrum_image(path: str | Path) -> SpectrumImage:
     """Read a spectrum image written by ``save_spectrum_image`` (or laid out the same way)."""
     path = Path(path)
     values: dict[str, float] = {}
+    noise: dict[str, NoiseModel] = {}
     if path.suffix in (".h5", ".hdf5"):
         with h5py.File(path, "r") as f:
             if "image" not in f or "spectra" not in f:
@@ -182,23 +293,39 @@ def load_spectrum_image(path: str | Path) -> SpectrumImage:
                     values[k] = float(f.attrs[k])
                 elif k in f:
                     values[k] = float(f[k][()])
+            noise = {k: _noise(f.attrs[k], path) for k in _NOISE if k in f.attrs}
     elif path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             image, spectra = z["image"], z["spectra"]
             values = {k: float(z[k]) for k in SCALARS if k in z.files}
+            noise = {k: _noise(str(z[k]), path) for k in _NOISE if k in z.files}
     else:
         raise ValueError(f"unknown spectrum-image format {path.suffix!r}: use .h5 or .npz")
     missing = [k for k in SCALARS if k not in values and k not in _OPTIONAL]
     if missing:
         raise ValueError(f"{path}: missing recording conditions {missing}")
-    return SpectrumImage(image=np.asarray(image), spectra=np.asarray(spectra), **{**_OPTIONAL, **values})
+    return SpectrumImage(
+        image=np.asarray(image), spectra=np.asarray(spectra), **{**_OPTIONAL, **values}, **noise
+    )
+
+
+_NOISE = ("image_noise", "spectrum_noise")
+
+
+def _noise(text: str | bytes, path: Path) -> NoiseModel:
+    try:
+        d = json.loads(text)
+        return NoiseModel(d["kind"], float(d.get("gain", 1.0)), float(d.get("offset", 0.0)), why=f"stored in {path.name}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: unreadable noise model {text!r}") from exc
 
 
 class ReplayMicroscope(LocalBackend):
     """A microscope that replays a recorded spectrum image (HAADF only).
 
     The stage travels over the recorded extent, the largest field is the extent, the
-    clock is simulated. ``poisson=False`` returns the scaled expectation itself.
+    clock is simulated. Each stream is resampled by the recording's ``NoiseModel``
+    (``choose_noise`` when it has none); ``poisson=False`` replays both as ``none``.
     """
 
     backend = "replay"
@@ -213,9 +340,19 @@ class ReplayMicroscope(LocalBackend):
     ) -> None:
         self.data = path if isinstance(path, SpectrumImage) else load_spectrum_image(path)
         self.name = name or (Path(path).stem if not isinstance(path, SpectrumImage) else "replay")
-        self.poisson = poisson
-        self._rng = np.random.default_rng(seed)
         d = self.data
+        if poisson:
+            self.image_noise = d.image_noise or choose_noise(d.image, "image")
+            self.spectrum_noise = d.spectrum_noise or choose_noise(d.spectra, "spectra")
+        else:
+            self.image_noise = dataclasses.replace(d.image_noise or NoiseModel("none"), kind="none", why="asked")
+            self.spectrum_noise = dataclasses.replace(
+                d.spectrum_noise or NoiseModel("none"), kind="none", why="asked"
+            )
+        for what, m in (("image", self.image_noise), ("spectra", self.spectrum_noise)):
+            log.info("replay %s: %s (gain %g, offset %g): %s", what, m.kind, m.gain, m.offset, m.why)
+        self._warned: set[tuple[float, int]] = set()
+        self._rng = np.random.default_rng(seed)
         x0, x1, y0, y1 = d.extent_nm
         self._stage = ((x0 + x1) / 2, (y0 + y1) / 2)
         self._probe = self._stage
@@ -241,11 +378,25 @@ class ReplayMicroscope(LocalBackend):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _counts(self, expected: np.ndarray) -> np.ndarray:
-        expected = np.clip(expected, 0.0, None)
-        if self.poisson:
-            return self._rng.poisson(expected).astype(np.float64)
-        return expected.astype(np.float64)
+    def _warn_shot_noise(self, recorded: np.ndarray, scale: float, dwell_s: float, pixels: int) -> None:
+        """Warn (once per dwell and size) when an image at ``scale`` would be mostly shot noise."""
+        m = self.image_noise
+        corr = m.expected_correlation(recorded, scale)
+        if corr >= SHOT_NOISE_CORR or (dwell_s, pixels) in self._warned:
+            return
+        self._warned.add((dwell_s, pixels))
+        need = m.scale_for_correlation(recorded)
+        log.warning(
+            "replay: an image at %.3g s dwell is %.3g× the recorded electrons per pixel; at that scale the "
+            "replay is mostly shot noise (expected correlation with the recording %.2f < %.2f). A dwell of "
+            "%.3g s (scale %.3g) would reach it.",
+            dwell_s,
+            scale,
+            corr,
+            SHOT_NOISE_CORR,
+            dwell_s * need / scale,
+            need,
+        )
 
     def _check_in_field(self, x_nm: float, y_nm: float) -> None:
         """Raise InvalidRequest unless (x, y) lies on the data and in the scan field."""
@@ -278,9 +429,14 @@ class ReplayMicroscope(LocalBackend):
         cols = (cx + centres - d.origin_x_nm) / d.pixel_size_nm - 0.5
         rows = (cy + centres - d.origin_y_nm) / d.pixel_size_nm - 0.5
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
-        recorded = ndimage.map_coordinates(d.image.astype(np.float64), [rr, cc], order=1, mode="nearest")
+        on_grid = np.allclose(rr, np.round(rr), atol=1e-6) and np.allclose(cc, np.round(cc), atol=1e-6)
+        # on the recorded grid the pixels are the recorded ones, exactly (whole counts stay whole)
+        recorded = ndimage.map_coordinates(
+            d.image.astype(np.float64), [rr, cc], order=0 if on_grid else 1, mode="nearest"
+        )
         scale = (self._current_pA * req.dwell_s) / (d.current_pA * d.dwell_s)
-        data = self._counts(recorded * scale)
+        self._warn_shot_noise(recorded, scale, req.dwell_s, req.pixels)
+        data = self.image_noise.resample(recorded, scale, self._rng)
 
         scan_s = req.pixels * req.pixels * req.dwell_s
         dose_e = electrons(self._current_pA, scan_s)
@@ -315,7 +471,7 @@ class ReplayMicroscope(LocalBackend):
         self._require_beam()
         offset_eV, recorded = d.recorded_spectrum(req.x_nm, req.y_nm, offset_eV, channels)
         scale = (self._current_pA * req.dwell_s) / (d.current_pA * d.spectrum_dwell_s)
-        counts = self._counts(recorded * scale)
+        counts = self.spectrum_noise.resample(recorded, scale, self._rng)
 
         dose_e = electrons(self._current_pA, req.dwell_s)
         self._probe = (req.x_nm, req.y_nm)

@@ -28,7 +28,7 @@ from autoscope.instruments.records import ImageRecord
 from autoscope.instruments.remote.client import RemoteMicroscope
 from autoscope.instruments.remote.server import create_app, serve
 from autoscope.instruments.remote.wire import NPY_MEDIA_TYPE, RECORD_HEADER, npy_to_array
-from autoscope.instruments.replay import ReplayMicroscope, SpectrumImage
+from autoscope.instruments.replay import NoiseModel, ReplayMicroscope, SpectrumImage
 from autoscope.tests.servers import free_port
 
 TOKEN = "s3cret-token"
@@ -39,7 +39,10 @@ def _replay() -> ReplayMicroscope:
     rng = np.random.default_rng(0)
     image = rng.uniform(100.0, 300.0, (16, 16))
     spectra = rng.uniform(10.0, 50.0, (16, 16, 64))
-    si = SpectrumImage(image, spectra, 1.0, 0.0, 0.5, 1e-6, 0.01, 10.0)
+    poisson = NoiseModel("poisson")  # expectations: each acquisition draws new counts
+    si = SpectrumImage(
+        image, spectra, 1.0, 0.0, 0.5, 1e-6, 0.01, 10.0, image_noise=poisson, spectrum_noise=poisson
+    )
     return ReplayMicroscope(si, seed=1)
 
 

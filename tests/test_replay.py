@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from autoscope.instruments.errors import InvalidRequest
-from autoscope.instruments.replay import ReplayMicroscope, load_spectrum_image, save_spectrum_image
+from autoscope.instruments.replay import (
+    NoiseModel,
+    ReplayMicroscope,
+    SpectrumImage,
+    choose_noise,
+    load_spectrum_image,
+    save_spectrum_image,
+)
 
 H, W, E = 24, 32, 120
 PIXEL_NM = 0.5
@@ -40,6 +47,9 @@ def _save(path):
         current_pA=CURRENT_PA,
         origin_x_nm=ORIGIN[0],
         origin_y_nm=ORIGIN[1],
+        # the synthetic recording holds expectations: a replay draws Poisson counts about them
+        image_noise=NoiseModel("poisson"),
+        spectrum_noise=NoiseModel("poisson"),
     )
 
 
@@ -184,3 +194,65 @@ def test_requests_outside_the_data_name_the_field(dataset_path):
     with pytest.raises(InvalidRequest) as exc:
         scope.acquire_image(fov_nm=4.0, pixels=16, dwell_s=1e-6, detector="bf")
     assert exc.value.field == "detector"
+
+
+def _counts_recording(lam: np.ndarray, rng, **noise) -> SpectrumImage:
+    """A recording of whole counts drawn at expectation ``lam`` (H, W), one channel per pixel."""
+    image = rng.poisson(lam).astype(np.float64)
+    return SpectrumImage(
+        image, image[..., None].copy(), 1.0, 0.0, 1.0, 1e-3, 1e-3, 10.0, **noise
+    )
+
+
+def test_thinning_is_poisson_at_the_lower_dose_without_counting_the_recorded_noise_twice():
+    """A recording of Poisson(λ) counts replayed at dose s ≤ 1: mean sλ and variance sλ across the
+    recordings (binomial thinning), where Poisson resampling of the recorded counts gives sλ + s²λ."""
+    rng = np.random.default_rng(0)
+    lam, s, n = 400.0, 0.5, 4000
+    m = NoiseModel("poisson")
+    recorded = rng.poisson(lam, n).astype(np.float64)
+    thinned = m.resample(recorded, s, np.random.default_rng(1))
+    assert thinned.mean() == pytest.approx(s * lam, rel=0.01)
+    assert thinned.var() == pytest.approx(s * lam, rel=0.08)  # Poisson at the lower dose
+    doubled = np.random.default_rng(1).poisson(s * recorded)
+    assert doubled.var() == pytest.approx(s * lam + s * s * lam, rel=0.08)  # what the old replay did
+    # above the recorded dose the counts are scaled: nothing is drawn on top of the recorded noise
+    np.testing.assert_allclose(m.resample(recorded, 3.0, np.random.default_rng(2)), 3.0 * recorded)
+    # a detector with a black level and a gain: the offset stays, the counts are thinned
+    det = NoiseModel("poisson", gain=4.0, offset=1000.0)
+    values = 1000.0 + 4.0 * recorded
+    out = det.resample(values, s, np.random.default_rng(1))
+    np.testing.assert_allclose(out, 1000.0 + 4.0 * thinned)
+
+
+def test_signed_data_are_kept_and_the_noise_model_says_why():
+    signed = np.array([[-3.0, 5.0], [10.0, 2.0]])
+    m = choose_noise(signed, "spectra")
+    assert m.kind == "none" and "negative" in m.why
+    np.testing.assert_allclose(m.resample(signed, 0.5, np.random.default_rng(0)), 0.5 * signed)
+    assert choose_noise(np.array([1.0, 2.0, 7.0]), "image").kind == "poisson"
+    assert choose_noise(np.array([1.5, 2.0, 7.0]), "image").kind == "none"
+    assert "pedestal" in choose_noise(np.array([55000.0, 55100.0, 56000.0]), "image").why
+    with pytest.raises(InvalidRequest, match="gain"):
+        NoiseModel("poisson", gain=0.0)
+
+
+def test_replayed_survey_warns_naming_the_scale_when_it_is_mostly_shot_noise(caplog):
+    """At the recorded dwell the survey is the recording; at 1/1000 of it the replay warns with the
+    expected correlation it predicts, and the measured correlation is near that prediction."""
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:32, 0:32]
+    lam = 50.0 + 40.0 * np.sin(xx / 4.0) * np.cos(yy / 5.0)
+    si = _counts_recording(lam, rng)
+    scope = ReplayMicroscope(si, seed=0)
+    assert scope.image_noise.kind == "poisson"
+    scope.unblank_beam()
+    same = scope.acquire_image(fov_nm=32.0, pixels=32, dwell_s=1e-3)
+    np.testing.assert_array_equal(same.data, si.image)  # s = 1: thinning keeps every count
+    with caplog.at_level("WARNING"):
+        short = scope.acquire_image(fov_nm=32.0, pixels=32, dwell_s=1e-6)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "0.001×" in text and "mostly shot noise" in text
+    predicted = scope.image_noise.expected_correlation(si.image, 1e-3)
+    measured = float(np.corrcoef(short.data.ravel(), si.image.ravel())[0, 1])
+    assert predicted < 0.9 and measured == pytest.approx(predicted, abs=0.1)
