@@ -43,7 +43,10 @@ ShiftOpt = Annotated[float, typer.Option("--energy-shift-eV", help="Added to the
 @data_app.command("inspect")
 def inspect(
     file: Annotated[
-        Path, typer.Argument(help="A spectrum image: .dm3/.dm4, .emd, .hspy/.zspy, USID .h5, .npz.")
+        Path,
+        typer.Argument(
+            help="A spectrum image (.dm3/.dm4, .emd, .hspy/.zspy, USID .h5, .npz) or a replay file (.yaml)."
+        ),
     ],
     image: ImageOpt = None,
     dwell_s: DwellOpt = None,
@@ -79,6 +82,9 @@ def inspect(
         for k, v in rep["conditions"].items():
             t.add_row(k, f"{v['value']:.6g}", v["source"], v["where"])
         out.print(t)
+        for what, m in rep["replay_noise"].items():
+            out.print(f"replay {what}: {m['kind']} (gain {m['gain']:g}, offset {m['offset']:g}): {m['why']}",
+                      highlight=False)  # fmt: skip
         for n in rep["notes"]:
             out.print(f"note: {n}", highlight=False)
         out.print(f"figure: {fig}")
@@ -107,6 +113,13 @@ def convert(
             raise ConfigError("out", f"{out} exists: not overwritten")
         rec = _read(file, image, dwell_s, spectrum_dwell_s, current_pA, pixel_size_nm, energy_shift_eV)
         si = rec.spectrum_image()
-        save_spectrum_image(out, si.image, si.spectra, **{k: v.value for k, v in rec.conditions.items()})
+        save_spectrum_image(
+            out,
+            si.image,
+            si.spectra,
+            **{k: v.value for k, v in rec.conditions.items()},
+            image_noise=rec.image_noise,  # kept only when given: otherwise a replay chooses again
+            spectrum_noise=rec.spectrum_noise,
+        )
         assumed = ", ".join(rec.assumed()) or "none"
         typer.echo(f"wrote {out}: {si.spectra.shape} from {file} (assumed: {assumed})")

@@ -5,6 +5,11 @@ Readers: RosettaSciIO for DigitalMicrograph (``.dm3``/``.dm4``), Velox and other
 ``Measurement_*/Channel_*`` group with ``Raw_Data``, ``Position_*`` and
 ``Spectroscopic_*``); the project's own ``.h5``/``.npz`` layout (``replay.save_spectrum_image``).
 
+A **replay file** (``.yaml``/``.yml``/``.toml``/``.json``, ``ReplaySource``) names a recording
+and what the person knows about it that the file does not say: the survey image's file,
+conditions, an energy recalibration, how each stream is resampled. Wherever a command takes
+``--replay``, a replay file works as well as the recording itself.
+
 Every recording condition the replay needs (pixel size, energy axis, dwell, beam current)
 comes back as a ``Condition`` that says whether it was read from the file (and from which
 field), given by the caller, or assumed (and why). Axes are converted to nm and eV from the
@@ -22,9 +27,10 @@ from typing import Any, Literal
 
 import h5py
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from autoscope.instruments.errors import ConfigError
-from autoscope.instruments.replay import SCALARS, SpectrumImage, load_spectrum_image
+from autoscope.instruments.replay import SCALARS, NoiseModel, SpectrumImage, choose_noise, load_spectrum_image
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,36 @@ RSCIIO_SUFFIXES = {
     ".zspy": "zspy",
 }
 SUFFIXES = (*RSCIIO_SUFFIXES, ".h5", ".hdf5", ".npz")
+REPLAY_FILE_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+GIVEN = ("dwell_s", "spectrum_dwell_s", "current_pA", "pixel_size_nm", "energy_offset_eV", "dispersion_eV")
+
+
+class NoiseSpec(BaseModel):
+    """How a replay resamples one stream (``replay.NoiseModel``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["poisson", "none"]
+    gain: float = Field(1.0, gt=0, description="recorded value per detected count")
+    offset: float = Field(0.0, allow_inf_nan=False, description="black level, not scaled with the dose")
+
+    def model(self) -> NoiseModel:
+        return NoiseModel(self.kind, self.gain, self.offset, why="given in the replay file")
+
+
+class ReplaySource(BaseModel):
+    """A replay file: a recording and what the person knows that the file does not say."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: Path = Field(description="the recording (relative to the replay file)")
+    image: Path | None = Field(None, description="the survey image of the same field, from a second file")
+    conditions: dict[str, float] = Field(
+        default_factory=dict, description=f"conditions known better than the file: {', '.join(GIVEN)}"
+    )
+    energy_shift_eV: float = Field(0.0, allow_inf_nan=False, description="added to the file's energy offset")
+    image_noise: NoiseSpec | None = Field(None, description="default: what the image's values support")
+    spectrum_noise: NoiseSpec | None = Field(None, description="default: what the spectra's values support")
 
 
 class RecordingError(ConfigError):
@@ -76,6 +112,8 @@ class Recording:
     energy_name: str
     conditions: dict[str, Condition]
     notes: tuple[str, ...] = ()
+    image_noise: NoiseModel | None = None  # None: the replay chooses (replay.choose_noise)
+    spectrum_noise: NoiseModel | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -97,7 +135,14 @@ class Recording:
             current_pA=c["current_pA"],
             origin_x_nm=c.get("origin_x_nm", 0.0),
             origin_y_nm=c.get("origin_y_nm", 0.0),
+            image_noise=self.noise("image"),
+            spectrum_noise=self.noise("spectra"),
         )
+
+    def noise(self, what: Literal["image", "spectra"]) -> NoiseModel:
+        """How a replay resamples ``what``: as given, else what its values support."""
+        given = self.image_noise if what == "image" else self.spectrum_noise
+        return given or choose_noise(self.image if what == "image" else self.spectra, what)
 
     def report(self) -> dict[str, Any]:
         """What ``autoscope data inspect`` prints (JSON-ready)."""
@@ -128,6 +173,10 @@ class Recording:
             },
             "conditions": {k: dataclasses.asdict(c) for k, c in self.conditions.items()},
             "assumed": self.assumed(),
+            "replay_noise": {
+                w: {"kind": m.kind, "gain": m.gain, "offset": m.offset, "why": m.why}
+                for w, m in (("image", self.noise("image")), ("spectra", self.noise("spectra")))
+            },
             "notes": list(self.notes),
         }
 
@@ -150,6 +199,8 @@ def read_recording(
     if not path.is_file():
         raise RecordingError("file", "no such file", str(path))
     suffix = path.suffix.lower()
+    if suffix in REPLAY_FILE_SUFFIXES:
+        return read_replay_file(path, image_path=image_path, given=given, energy_shift_eV=energy_shift_eV)
     if suffix in RSCIIO_SUFFIXES:
         rec = _read_rsciio(path)
     elif suffix in (".h5", ".hdf5"):
@@ -163,19 +214,42 @@ def read_recording(
     return finish_image(_finish(rec, given or {}, energy_shift_eV))
 
 
+def read_replay_file(
+    path: Path,
+    *,
+    image_path: str | Path | None = None,
+    given: dict[str, float] | None = None,
+    energy_shift_eV: float = 0.0,
+) -> Recording:
+    """The recording a replay file names, with its conditions, shift and noise models applied
+    (what the caller passes on top wins over the file's)."""
+    from autoscope.instruments.config_files import load_model
+
+    src = load_model(ReplaySource, path, "replay")
+    base = path.parent
+    data = src.file if src.file.is_absolute() else base / src.file
+    if data.suffix.lower() in REPLAY_FILE_SUFFIXES:
+        raise RecordingError("file", "a replay file names a recording, not another replay file", str(path))
+    image = image_path or (None if src.image is None else (src.image if src.image.is_absolute() else base / src.image))
+    rec = read_recording(
+        data,
+        image_path=image,
+        given={**src.conditions, **(given or {})},
+        energy_shift_eV=src.energy_shift_eV + energy_shift_eV,
+    )
+    noise = {
+        "image_noise": src.image_noise.model() if src.image_noise else None,
+        "spectrum_noise": src.spectrum_noise.model() if src.spectrum_noise else None,
+    }
+    return dataclasses.replace(rec, **noise, notes=(*rec.notes, f"replay file {path.name}"))
+
+
 def _finish(rec: Recording, given: dict[str, float], shift: float) -> Recording:
     cond = dict(rec.conditions)
     notes = list(rec.notes)
     for k, v in given.items():
-        if k not in (
-            "dwell_s",
-            "spectrum_dwell_s",
-            "current_pA",
-            "pixel_size_nm",
-            "energy_offset_eV",
-            "dispersion_eV",
-        ):
-            raise RecordingError(k, "not a recording condition")
+        if k not in GIVEN:
+            raise RecordingError(k, f"not a recording condition; give {', '.join(GIVEN)}")
         if not v > 0 and k != "energy_offset_eV":
             raise RecordingError(k, f"must be positive, got {v}")
         if k in cond and cond[k].source == "file" and not np.isclose(cond[k].value, v):
@@ -551,6 +625,9 @@ def finish_image(rec: Recording) -> Recording:
 
 __all__ = [
     "ASSUMED",
+    "NoiseSpec",
+    "ReplaySource",
+    "read_replay_file",
     "Condition",
     "Recording",
     "RecordingError",

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoscope.instruments.config_files import load_model
 from autoscope.instruments.protocols import Microscope
 from autoscope.instruments.records import ImageRecord, SpectrumRecord
-from autoscope.tools.acquisition import Acquirer
+from autoscope.tools.acquisition import Acquirer, CorruptFrame
 from autoscope.tools.ml.acquisition import AcquisitionSpec, choose_detailed
 from autoscope.tools.ml.base import FitReport, MonitorEvent, MonitorKind, Surrogate
 from autoscope.tools.ml.descriptors import (
@@ -44,6 +44,7 @@ from autoscope.tools.ml.descriptors import (
     patches_at_nm,
 )
 from autoscope.tools.ml.monitors import DriftMonitor, OODMonitor, StuckMonitor
+from autoscope.tools.ml.recovery import RecoveringSurrogate
 from autoscope.tools.ml.scalarizers import Scalarizer
 from autoscope.tools.store import RunStore
 from autoscope.tools.survey import IMAGE_STEP, SurveyPlan, run_survey
@@ -110,10 +111,11 @@ class StepInfo:
     candidate: int
     phase: Literal["seed", "active", "baseline"]
     y: float
-    record: SpectrumRecord
+    record: SpectrumRecord | None  # None: the frame stayed corrupt, nothing was stored
     reused: bool
     model_s: float  # fit + prediction + acquisition time spent choosing this candidate
     mean_std: float | None  # mean posterior standard deviation over candidates when it was chosen
+    failed: str | None = None  # why the spectrum could not be scalarised (y is NaN, the model skips it)
 
 
 @dataclass
@@ -128,25 +130,42 @@ class CampaignResult:
     stop_reason: str | None = None  # set when an observer ended the campaign (CampaignStop)
     mean: np.ndarray | None = None  # final posterior mean over the candidates
     std: np.ndarray | None = None
+    recoveries: int = 0  # model fits recovered by the ladder (tools/ml/recovery.py)
+
+    @property
+    def failed(self) -> list[StepInfo]:
+        """Measurements whose spectrum could not be scalarised (recorded, skipped by the model)."""
+        return [s for s in self.steps if s.failed]
+
+    @property
+    def visited(self) -> list[int]:
+        """Every candidate the probe was sent to, in order, failed measurements included."""
+        return [s.candidate for s in self.steps]
 
     @property
     def dose_e(self) -> float:
-        return self.survey.dose_e + sum(s.record.dose_e for s in self.steps)
+        return self.survey.dose_e + sum(s.record.dose_e for s in self.steps if s.record is not None)
 
     @property
     def model_latency_s(self) -> list[float]:
         return [s.model_s for s in self.steps if s.phase == "active" and not s.reused]
 
 
-def make_model(method: Method, seed: int) -> Surrogate | None:
+def make_model(
+    method: Method, seed: int, on_recovery: Callable[[dict], None] | None = None
+) -> RecoveringSurrogate | None:
+    """The method's surrogate behind the recovery ladder (``tools/ml/recovery.py``); None for baselines."""
+    from autoscope.tools.ml.gp import ExactGP
+
+    def fallback() -> Surrogate:
+        return ExactGP(ard=False, seed=seed)
+
     if method == "dkl":
         from autoscope.tools.ml.dkl import DKL
 
-        return DKL(seed=seed)
-    if method == "gp":
-        from autoscope.tools.ml.gp import ExactGP
-
-        return ExactGP(ard=False, seed=seed)
+        return RecoveringSurrogate(lambda dtype: DKL(seed=seed, dtype=dtype), fallback, on_recovery=on_recovery)
+    if method == "gp":  # already float64: the ladder is a cold refit, then a fresh GP
+        return RecoveringSurrogate(lambda _dtype: ExactGP(ard=False, seed=seed), fallback, on_recovery=on_recovery)
     return None
 
 
@@ -223,12 +242,23 @@ class Campaign:
         if m < cfg.budget:
             log.warning("only %d candidates for a budget of %d; the campaign ends early", m, cfg.budget)
         X, featurizer = (None, None) if cfg.method in ("random", "raster") else self._features(survey, grid)
-        model = make_model(cfg.method, cfg.seed)
+
+        def recovered(info: dict) -> None:
+            self.store.append_event("model_recovered", step=len(result.steps), **info)
+
+        model = make_model(cfg.method, cfg.seed, on_recovery=recovered)
         seeds = [int(i) for i in self.rng.choice(m, size=min(cfg.seed_points, m), replace=False)]
         order = self._baseline_order(grid) if model is None else []
 
         al = f"{self.prefix}al-"
         done = {e["step_id"]: e for e in self.store.events("acquisition") if e["step_id"].startswith(al)}
+        # steps whose frame stayed corrupt through every retry: nothing stored, not retaken on resume
+        lost = {
+            e["step_id"]: e
+            for e in self.store.events("measurement_failed")
+            if e["step_id"].startswith(al) and not e.get("stored", True)
+        }
+        done.update({k: v for k, v in lost.items() if k not in done})
         self.store.append_event(
             "campaign_started",
             config=cfg.model_dump(mode="json"),
@@ -281,6 +311,8 @@ class Campaign:
                 elif k < len(seeds) and not measured[seeds[k]]:
                     cand, phase = seeds[k], "seed"
                 else:
+                    if not queue and len(result.y) < 2:  # too few usable spectra to fit: explore
+                        queue = [int(i) for i in self.rng.permutation(np.flatnonzero(~measured))[:1]]
                     if not queue:
                         y_model = model_targets(result.y, cfg.y_transform)
                         report = model.fit(X[measured_idx(result)], y_model)
@@ -298,22 +330,40 @@ class Campaign:
                     cand, phase = queue.pop(0), "active"
                 model_s = time.perf_counter() - t0
                 x_nm, y_nm = grid.xy_nm[cand]
-                record = self.acq.spectrum(
-                    step_id,
-                    x_nm=float(x_nm),
-                    y_nm=float(y_nm),
-                    dwell_s=cfg.spectrum_dwell_s,
-                    energy_min_eV=cfg.energy_min_eV,
-                    energy_max_eV=cfg.energy_max_eV,
-                    candidate=cand,
-                    phase=phase,
-                    method=cfg.method,
-                )
-                y = float(cfg.scalarizer(record))
-                measured[cand] = True
-                result.measured.append(cand)
-                result.y.append(y)
-                info = StepInfo(k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std)
+                record: SpectrumRecord | None = None
+                if step_id in lost:
+                    y, failed = math.nan, lost[step_id]["reason"]
+                else:
+                    try:
+                        record = self.acq.spectrum(
+                            step_id,
+                            x_nm=float(x_nm),
+                            y_nm=float(y_nm),
+                            dwell_s=cfg.spectrum_dwell_s,
+                            energy_min_eV=cfg.energy_min_eV,
+                            energy_max_eV=cfg.energy_max_eV,
+                            candidate=cand,
+                            phase=phase,
+                            method=cfg.method,
+                        )
+                        y, failed = scalarise(cfg.scalarizer, record)
+                    except CorruptFrame as exc:  # retried by the Acquirer; still garbled: nothing stored
+                        y, failed = math.nan, f"the frame stayed corrupt through every retry: {exc}"
+                    if failed is not None:
+                        log.warning("step %s at candidate %d: %s", step_id, cand, failed)
+                        self.store.append_event(
+                            "measurement_failed",
+                            step_id=step_id,
+                            candidate=cand,
+                            phase=phase,
+                            reason=failed,
+                            stored=record is not None,
+                        )
+                measured[cand] = True  # a failed measurement is not retaken
+                if failed is None:
+                    result.measured.append(cand)
+                    result.y.append(y)
+                info = StepInfo(k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std, failed)
                 result.steps.append(info)
                 if on_step:
                     try:
@@ -323,7 +373,7 @@ class Campaign:
                         self.store.append_event("campaign_stopped", reason=result.stop_reason, step=k)
                         log.info("campaign stopped after step %d: %s", k, result.stop_reason)
                         break
-                if phase == "active":  # the stuck monitor judges what the model chose
+                if phase == "active" and failed is None and record is not None:  # the stuck monitor judges what the model chose
                     y_sd = float(cfg.scalarizer.uncertainty(record))
                     if emit(stuck.update(k, y, report, y_sd=y_sd)):
                         break
@@ -338,11 +388,15 @@ class Campaign:
                 mean = np.exp(mean)
                 std = mean * std
             result.mean, result.std = mean, std
+        if model is not None:
+            result.recoveries = model.recoveries
         self.store.append_event(
             "campaign_complete",
             prefix=self.prefix,
-            measurements=len(result.measured),
-            distinct=len(set(result.measured)),
+            measurements=len(result.steps),
+            distinct=len(set(result.visited)),
+            failed=len(result.failed),
+            model_recoveries=result.recoveries,
             stopped_by=result.stopped_by.kind if result.stopped_by else None,
             best_y=max(result.y) if result.y else None,
         )
@@ -373,6 +427,19 @@ class Campaign:
             feats = featurizer.transform(patches_at_nm(repeat, grid.xy_nm[inside], cfg.patch.window_px))
             stop = emit(ood.check(k, feats)) or stop
         return grid, reference, stop
+
+
+def scalarise(scalarizer: Scalarizer, record: SpectrumRecord) -> tuple[float, str | None]:
+    """(y, None), or (NaN, the reason) when the spectrum cannot be scalarised: a background fit
+    that has too few positive channels, a ratio over zero, a non-finite value."""
+    try:
+        with np.errstate(all="ignore"):
+            y = float(scalarizer(record))
+    except (ValueError, ZeroDivisionError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        return math.nan, f"cannot scalarise the spectrum: {exc}"
+    if not math.isfinite(y):
+        return math.nan, f"the scalarizer gave {y} (non-finite counts, or a ratio over zero?)"
+    return y, None
 
 
 def model_targets(y: list[float], transform: Literal["none", "log"]) -> np.ndarray:

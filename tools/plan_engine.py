@@ -123,7 +123,7 @@ class _Run:
 
     def observe(self, info: StepInfo, kind: str = "active_scan") -> None:
         """Count a spectrum and apply the plan's stop rules (raises ``CampaignStop``)."""
-        self.dose_e += info.record.dose_e
+        self.dose_e += info.record.dose_e if info.record is not None else 0.0
         self.n += 1
         self.by_step[kind] = self.by_step.get(kind, 0) + 1
         if self.on_step:
@@ -252,12 +252,10 @@ def execute_plan(
     events: list[dict] = []
     if result is not None:
         events = [e.model_dump(mode="json") for e in result.events]
-        if result.y:
-            k = int(np.nanargmax(result.y))
-            best_step, best_xy = (
-                result.steps[k].step_id,
-                (result.steps[k].record.x_nm, result.steps[k].record.y_nm),
-            )
+        usable = [s for s in result.steps if s.failed is None and s.record is not None]
+        if usable:
+            best = max(usable, key=lambda s: s.y)
+            best_step, best_xy = best.step_id, (best.record.x_nm, best.record.y_nm)
         if figure_dir is not None and result.measured:
             figure = str(
                 campaign_figure(result, Path(figure_dir) / f"{h.id}.png", title=f"{h.id}: {h.statement[:70]}")
