@@ -172,7 +172,9 @@ def survey(
         with store:
             scope = _open_for_run(store, safety, scenario, seed, sim_config, replay, remote, token)
             defaults = survey_defaults(
-                scope.capabilities(), None if (remote or replay) else (scenario or DEFAULT_SCENARIO)
+                scope.capabilities(),
+                None if (remote or replay) else (scenario or DEFAULT_SCENARIO),
+                max_current_pA=safety.max_current_pA,
             )
             plan = SurveyPlan(**{**defaults, **fields, **{k: v for k, v in flags.items() if v is not None}})
             with _progress("survey", 1 + plan.spectra) as advance:

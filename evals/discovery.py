@@ -182,7 +182,7 @@ def run_one(
         truth = sim_truth(scope, result.grid, cfg, (survey.t_start_s + survey.t_end_s) / 2)
     targets = target_regions(result.grid, truth)
     curve = targets.recall_curve(result.measured)
-    area_A2 = survey.fov_nm**2 * NM2_TO_A2
+    area_A2 = survey.area_nm2 * NM2_TO_A2
     lat = result.model_latency_s
     return {
         "to_recall_50": _first_reaching(curve, 0.5),

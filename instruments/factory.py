@@ -7,13 +7,14 @@ here (DESIGN.md, "the simulator is reached through a backend factory").
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from autoscope.instruments.errors import InvalidRequest
 from autoscope.instruments.protocols import Microscope
-from autoscope.instruments.records import Capabilities
+from autoscope.instruments.records import ENERGY_MAX_EV, ENERGY_MIN_EV, Capabilities
 from autoscope.instruments.safety import SafeMicroscope, SafetyLimits
 from autoscope.instruments.sim.scenarios import DEFAULT_SCENARIO
 
@@ -78,8 +79,13 @@ def open_microscope(
     return SafeMicroscope(inner, limits, on_event=on_event, history=history)
 
 
-def survey_defaults(caps: Capabilities, scenario: str | None = None) -> dict[str, Any]:
-    """Survey settings that suit the instrument: the scenario's own for the twin, else from capabilities."""
+def survey_defaults(
+    caps: Capabilities, scenario: str | None = None, *, max_current_pA: float | None = None
+) -> dict[str, Any]:
+    """Survey settings that suit the instrument: the scenario's own for the twin; for a replay, the
+    recorded scan itself (every pixel, the recorded electrons per pixel: at a current capped by
+    ``max_current_pA`` the dwell grows to match, up to the request limits); else from capabilities.
+    The spectral window is the instrument's, within the request range (``records.ENERGY_*_EV``)."""
     if scenario is not None:
         from autoscope.instruments.sim.scenarios import build_sample
 
@@ -94,7 +100,24 @@ def survey_defaults(caps: Capabilities, scenario: str | None = None) -> dict[str
             "energy_min_eV": window[0],
             "energy_max_eV": window[1],
         }
-    top = min(caps.energy_max_eV, caps.energy_min_eV + caps.dispersion_eV * min(caps.max_channels, 2048))
+    lo = max(caps.energy_min_eV, ENERGY_MIN_EV)
+    top = min(caps.energy_max_eV, lo + caps.dispersion_eV * min(caps.max_channels, 2048), ENERGY_MAX_EV)
+    r = caps.recorded
+    if r is not None:
+        current = min(r.current_pA, caps.current_max_pA, max_current_pA or math.inf)
+        k = r.current_pA / current  # dwell factor that keeps the recorded electrons per pixel
+        survey_px = max(r.columns, 8)  # a map narrower than the smallest scan is oversampled...
+        areal = (r.columns / survey_px) ** 2  # ...at the recorded dose per area, not per pixel
+        return {
+            "fov_nm": r.columns * r.pixel_size_nm,
+            "pixels": survey_px,
+            "rows": None if r.rows == r.columns else max(round(r.rows * survey_px / r.columns), 1),
+            "dwell_s": min(r.dwell_s * k * areal, 1.0),
+            "current_pA": current,
+            "spectrum_dwell_s": min(r.spectrum_dwell_s * k, 600.0),
+            "energy_min_eV": lo,
+            "energy_max_eV": top,
+        }
     return {
         "fov_nm": min(
             caps.max_fov_nm,
@@ -104,7 +127,7 @@ def survey_defaults(caps: Capabilities, scenario: str | None = None) -> dict[str
         "pixels": 256,
         "dwell_s": 2e-6,
         "spectrum_dwell_s": 0.05,
-        "energy_min_eV": caps.energy_min_eV,
+        "energy_min_eV": lo,
         "energy_max_eV": top,
     }
 

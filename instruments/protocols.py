@@ -21,11 +21,18 @@ from autoscope.instruments.records import (
 @runtime_checkable
 class Imaging(Protocol):
     def acquire_image(
-        self, fov_nm: float, pixels: int, dwell_s: float, detector: Detector = Detector.HAADF
+        self,
+        fov_nm: float,
+        pixels: int,
+        dwell_s: float,
+        detector: Detector = Detector.HAADF,
+        rows: int | None = None,
     ) -> ImageRecord:
-        """Scan a square field of view of side ``fov_nm`` centred on the stage position.
+        """Scan a field ``fov_nm`` wide centred on the stage position.
 
-        ``pixels`` per side, ``dwell_s`` per pixel. Needs the beam unblanked.
+        ``pixels`` across, ``rows`` down (default ``pixels``: a square field; square pixels,
+        so the field is ``fov_nm · rows / pixels`` tall), ``dwell_s`` per pixel. Needs the beam
+        unblanked.
         """
         ...
 

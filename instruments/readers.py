@@ -272,8 +272,11 @@ def _finish(rec: Recording, given: dict[str, float], shift: float) -> Recording:
     for k in ("pixel_size_nm", "dispersion_eV"):
         if k not in cond or not cond[k].value > 0:
             raise RecordingError(k, "the file gives no usable value; pass it", str(rec.path))
-    cond.setdefault("origin_x_nm", Condition(0.0, "assumed", "no field origin in the file"))
-    cond.setdefault("origin_y_nm", Condition(0.0, "assumed", "no field origin in the file"))
+    h, w = rec.spectra.shape[:2]
+    px = cond["pixel_size_nm"].value
+    why = "no field origin in the file: the field is centred on (0, 0)"
+    cond.setdefault("origin_x_nm", Condition(-w * px / 2, "assumed", why))
+    cond.setdefault("origin_y_nm", Condition(-h * px / 2, "assumed", why))
     out = dataclasses.replace(rec, conditions=cond, notes=tuple(notes))
     for k in out.assumed():
         log.info("%s: %s assumed = %s", rec.path.name, k, cond[k].describe())
@@ -326,8 +329,8 @@ def _read_rsciio(path: Path) -> Recording:
         f"axis {ay.get('name')!r} offset",
     )
     if not si:  # the 1 × 1 scan of a single spectrum has no recorded geometry
-        for k in ("pixel_size_nm", "origin_x_nm", "origin_y_nm"):
-            cond[k] = Condition(cond[k].value, "assumed", "a single spectrum has no scan axes")
+        cond["pixel_size_nm"] = Condition(1.0, "assumed", "a single spectrum has no scan axes")
+        del cond["origin_x_nm"], cond["origin_y_nm"]  # centred on (0, 0) like any field without one
     k = _ENERGY_EV.get(_unit(sa))
     if k is None:
         raise RecordingError(
@@ -587,6 +590,16 @@ def _read_usid(path: Path) -> Recording:
         if step > 0 and k is not None:
             cond["pixel_size_nm"] = Condition(
                 float(step) * k, "file", f"Position_Values step of {labels[fast]} ({units[fast]})"
+            )
+    fov = next((float(v) for k, v in attrs.items() if str(k).endswith("Field-of-View-(m)")), None)
+    if fov and fov > 0 and "pixel_size_nm" in cond:  # the microscope's own field of view, cross-checked
+        fov_nm = fov * 1e9 if fov < 1e-3 else fov * 1e3  # tagged m; a value above 1 mm is read as µm
+        per_px, px = fov_nm / hw[1], cond["pixel_size_nm"]
+        if not np.isclose(per_px, px.value, rtol=0.05):
+            notes.append(
+                f"pixel_size_nm: {px.value:.4g} nm ({px.where}) disagrees with the microscope's field of view "
+                f"{fov:g} (tagged m, read as {fov_nm:.4g} nm: {per_px:.4g} nm per column of {hw[1]}); "
+                "give pixel_size_nm to choose"
             )
     d = np.diff(spec)
     ke = _ENERGY_EV.get(spec_units[0].strip(), 1.0)

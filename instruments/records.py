@@ -23,6 +23,8 @@ from autoscope.instruments.errors import InvalidRequest, validation_field
 
 ELEMENTARY_CHARGE_C = 1.602176634e-19
 NM2_TO_A2 = 100.0
+#: the spectral axis any request may span (eV): low-loss EELS starts below zero, EDS reaches 100 keV
+ENERGY_MIN_EV, ENERGY_MAX_EV = -1000.0, 100_000.0
 
 
 def electrons(current_pA: float, time_s: float) -> float:
@@ -55,12 +57,29 @@ class _Request(BaseModel):
 
 
 class ImageRequest(_Request):
-    """A scanned image centred on the current stage position."""
+    """A scanned image centred on the current stage position: ``pixels`` across ``fov_nm``, and
+    ``rows`` down (default ``pixels``: a square field), square pixels."""
 
-    fov_nm: float = Field(gt=0, description="side of the square field of view (nm)")
-    pixels: int = Field(ge=8, le=4096, description="pixels per side")
+    fov_nm: float = Field(gt=0, description="width of the field of view (nm)")
+    pixels: int = Field(ge=8, le=4096, description="pixels across (per side of a square field)")
     dwell_s: float = Field(gt=0, le=1.0, description="dwell time per pixel (s)")
     detector: Detector = Detector.HAADF
+    rows: int | None = Field(
+        None, ge=1, le=4096, description="pixels down (default: pixels); the field is fov_nm · rows / pixels tall"
+    )
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows or self.pixels
+
+    @property
+    def fov_y_nm(self) -> float:
+        return self.fov_nm * self.n_rows / self.pixels
+
+    def rows_kwargs(self) -> dict[str, int]:
+        """``{"rows": rows}`` for a backend call when the field is not square, else nothing (so a
+        backend that scans square fields only is called as before)."""
+        return {} if self.rows is None or self.rows == self.pixels else {"rows": self.rows}
 
 
 class SpectrumRequest(_Request):
@@ -69,8 +88,8 @@ class SpectrumRequest(_Request):
     x_nm: float = Field(allow_inf_nan=False, description="probe x in the sample frame (nm)")
     y_nm: float = Field(allow_inf_nan=False, description="probe y in the sample frame (nm)")
     dwell_s: float = Field(gt=0, le=600.0, description="exposure time (s)")
-    energy_min_eV: float = Field(ge=-50.0, description="lowest energy loss of the window (eV)")
-    energy_max_eV: float = Field(le=5000.0, description="highest energy loss of the window (eV)")
+    energy_min_eV: float = Field(ge=ENERGY_MIN_EV, description="lowest energy of the window (eV)")
+    energy_max_eV: float = Field(le=ENERGY_MAX_EV, description="highest energy of the window (eV)")
 
     @model_validator(mode="after")
     def _window(self) -> SpectrumRequest:
@@ -93,6 +112,20 @@ class StageLimits(BaseModel):
         return self.x_min_nm <= x_nm <= self.x_max_nm and self.y_min_nm <= y_nm <= self.y_max_nm
 
 
+class RecordedScan(BaseModel):
+    """The scan a replayed recording was made with (replay backends only): a survey of
+    ``columns`` × ``rows`` pixels at this dwell and current reproduces it pixel for pixel."""
+
+    model_config = ConfigDict(frozen=True)
+
+    columns: int
+    rows: int
+    pixel_size_nm: float
+    dwell_s: float
+    spectrum_dwell_s: float
+    current_pA: float
+
+
 class Capabilities(BaseModel):
     """What a backend can do; fixed for the lifetime of a session."""
 
@@ -110,6 +143,7 @@ class Capabilities(BaseModel):
     current_max_pA: float
     probe_fwhm_nm: float
     stage: StageLimits
+    recorded: RecordedScan | None = None
 
 
 class InstrumentStatus(BaseModel):
@@ -141,7 +175,8 @@ def _meta(obj: Any, skip: str) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class ImageRecord:
-    """A scanned image. ``data`` is (pixels, pixels) detector counts, row = y, column = x."""
+    """A scanned image. ``data`` is (rows, pixels) detector counts, row = y, column = x; the field is
+    ``fov_nm`` wide and ``fov_y_nm`` tall (square pixels; ``rows`` None: a square field)."""
 
     data: np.ndarray
     fov_nm: float
@@ -155,35 +190,53 @@ class ImageRecord:
     dose_e_per_A2: float  # mean areal dose over the field of view
     t_start_s: float  # instrument clock at scan start
     t_end_s: float  # instrument clock at scan end
+    rows: int | None = None  # pixels down; None: pixels (a square field)
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows or self.pixels
+
+    @property
+    def fov_y_nm(self) -> float:
+        """Height of the field (nm)."""
+        return self.fov_nm * self.n_rows / self.pixels
+
+    @property
+    def area_nm2(self) -> float:
+        return self.fov_nm * self.fov_y_nm
 
     @property
     def pixel_size_nm(self) -> float:
         return self.fov_nm / self.pixels
 
+    @property
+    def origin_nm(self) -> tuple[float, float]:
+        """Sample-frame (x, y) of the field's corner at pixel (0, 0)'s outer edge."""
+        return self.center_x_nm - self.fov_nm / 2, self.center_y_nm - self.fov_y_nm / 2
+
     def pixel_to_nm(self, row: float, col: float) -> tuple[float, float]:
         """Sample-frame (x_nm, y_nm) of the centre of pixel (row, col)."""
         p = self.pixel_size_nm
-        return (
-            self.center_x_nm - self.fov_nm / 2 + (col + 0.5) * p,
-            self.center_y_nm - self.fov_nm / 2 + (row + 0.5) * p,
-        )
+        x0, y0 = self.origin_nm
+        return x0 + (col + 0.5) * p, y0 + (row + 0.5) * p
 
     def nm_to_pixel(self, x_nm: float, y_nm: float) -> tuple[float, float]:
         """Fractional (row, col) of a sample-frame point."""
         p = self.pixel_size_nm
-        return (
-            (y_nm - self.center_y_nm + self.fov_nm / 2) / p - 0.5,
-            (x_nm - self.center_x_nm + self.fov_nm / 2) / p - 0.5,
-        )
+        x0, y0 = self.origin_nm
+        return (y_nm - y0) / p - 0.5, (x_nm - x0) / p - 0.5
 
     def metadata(self) -> dict[str, Any]:
-        """JSON-serialisable parameters (everything but the array)."""
-        return _meta(self, "data")
+        """JSON-serialisable parameters (everything but the array; ``rows`` only when set)."""
+        meta = _meta(self, "data")
+        if meta["rows"] is None:
+            del meta["rows"]
+        return meta
 
     @classmethod
     def from_metadata(cls, data: np.ndarray, meta: dict[str, Any]) -> ImageRecord:
         fields = {f.name for f in dataclasses.fields(cls)} - {"data"}
-        kw = {k: meta[k] for k in fields}
+        kw = {k: meta[k] for k in fields if k in meta or k != "rows"}  # stores from before rows
         kw["detector"] = Detector(kw["detector"])
         return cls(data=np.asarray(data), **kw)
 

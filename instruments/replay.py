@@ -54,6 +54,7 @@ from autoscope.instruments.records import (
     Detector,
     ImageRecord,
     ImageRequest,
+    RecordedScan,
     SpectrumRecord,
     SpectrumRequest,
     StageLimits,
@@ -144,7 +145,7 @@ def choose_noise(values: np.ndarray, what: str) -> NoiseModel:
     """The resampling a recording supports: ``poisson`` for non-negative whole counts, else ``none``."""
     a = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(a)):
-        return NoiseModel("none", why=f"the {what} hold NaN or inf values: replayed as recorded, scaled")
+        return NoiseModel("none", why=f"the {what} values include NaN or inf: replayed as recorded, scaled")
     if np.any(a < 0):
         frac = float(np.mean(a < 0))
         return NoiseModel(
@@ -154,7 +155,7 @@ def choose_noise(values: np.ndarray, what: str) -> NoiseModel:
         )
     if not np.allclose(a, np.round(a), atol=1e-6):
         return NoiseModel(
-            "none", why=f"the {what} are not whole counts: replayed scaled, not resampled (give a gain and offset "
+            "none", why=f"the {what} values are not whole counts: replayed scaled, not resampled (give a gain and offset "
             "to resample them as detector counts)",
         )
     lo, med = float(np.min(a)), float(np.median(a))
@@ -164,7 +165,7 @@ def choose_noise(values: np.ndarray, what: str) -> NoiseModel:
             why=f"the {what} sit on a pedestal ({lo:.6g}, median {med:.6g}: a detector black level?): replayed "
             "scaled, not resampled; give its gain and offset to resample it as counts",
         )
-    return NoiseModel("poisson", why=f"the {what} are non-negative whole counts")
+    return NoiseModel("poisson", why=f"the {what} values are non-negative whole counts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,6 +374,14 @@ class ReplayMicroscope(LocalBackend):
             current_max_pA=max(1000.0, d.current_pA),
             probe_fwhm_nm=d.pixel_size_nm,
             stage=StageLimits(x_min_nm=x0, x_max_nm=x1, y_min_nm=y0, y_max_nm=y1),
+            recorded=RecordedScan(
+                columns=d.image.shape[1],
+                rows=d.image.shape[0],
+                pixel_size_nm=d.pixel_size_nm,
+                dwell_s=d.dwell_s,
+                spectrum_dwell_s=d.spectrum_dwell_s,
+                current_pA=d.current_pA,
+            ),
         )
         log.info("replaying %s: %s spectrum image, %.3g nm/px", self.name, d.spectra.shape, d.pixel_size_nm)
 
@@ -409,25 +418,31 @@ class ReplayMicroscope(LocalBackend):
     # -- Imaging, Spectroscopy ----------------------------------------------------------------
 
     def acquire_image(
-        self, fov_nm: float, pixels: int, dwell_s: float, detector: Detector = Detector.HAADF
+        self,
+        fov_nm: float,
+        pixels: int,
+        dwell_s: float,
+        detector: Detector = Detector.HAADF,
+        rows: int | None = None,
     ) -> ImageRecord:
-        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector)
+        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows)
         caps = self._caps
         if req.detector not in caps.detectors:
             raise InvalidRequest(
                 "detector", f"{req.detector.value} was not recorded; this replay has HAADF only"
             )
-        if req.fov_nm > caps.max_fov_nm * (1 + 1e-9):
-            raise InvalidRequest(
-                "fov_nm", f"{req.fov_nm} nm exceeds the recorded extent {caps.max_fov_nm} nm"
-            )
+        x0, x1, y0, y1 = self.data.extent_nm
+        for field, size, extent in (("fov_nm", req.fov_nm, x1 - x0), ("rows", req.fov_y_nm, y1 - y0)):
+            if size > extent * (1 + 1e-9):
+                raise InvalidRequest(
+                    field, f"a field {req.fov_nm:g} × {req.fov_y_nm:g} nm exceeds the recorded {x1 - x0:g} × {y1 - y0:g} nm"
+                )
         self._require_beam()
         d = self.data
         cx, cy = self._stage
         p = req.fov_nm / req.pixels
-        centres = (np.arange(req.pixels) + 0.5) * p - req.fov_nm / 2
-        cols = (cx + centres - d.origin_x_nm) / d.pixel_size_nm - 0.5
-        rows = (cy + centres - d.origin_y_nm) / d.pixel_size_nm - 0.5
+        cols = (cx + (np.arange(req.pixels) + 0.5) * p - req.fov_nm / 2 - d.origin_x_nm) / d.pixel_size_nm - 0.5
+        rows = (cy + (np.arange(req.n_rows) + 0.5) * p - req.fov_y_nm / 2 - d.origin_y_nm) / d.pixel_size_nm - 0.5
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
         on_grid = np.allclose(rr, np.round(rr), atol=1e-6) and np.allclose(cc, np.round(cc), atol=1e-6)
         # on the recorded grid the pixels are the recorded ones, exactly (whole counts stay whole)
@@ -438,10 +453,10 @@ class ReplayMicroscope(LocalBackend):
         self._warn_shot_noise(recorded, scale, req.dwell_s, req.pixels)
         data = self.image_noise.resample(recorded, scale, self._rng)
 
-        scan_s = req.pixels * req.pixels * req.dwell_s
+        scan_s = req.pixels * req.n_rows * req.dwell_s
         dose_e = electrons(self._current_pA, scan_s)
         t0 = self._clock_s
-        self._clock_s += scan_s + req.pixels * LINE_FLYBACK_S
+        self._clock_s += scan_s + req.n_rows * LINE_FLYBACK_S
         self._acquisitions += 1
         self._total_dose_e += dose_e
         return ImageRecord(
@@ -454,9 +469,10 @@ class ReplayMicroscope(LocalBackend):
             center_y_nm=cy,
             current_pA=self._current_pA,
             dose_e=dose_e,
-            dose_e_per_A2=dose_e / (req.fov_nm**2 * NM2_TO_A2),
+            dose_e_per_A2=dose_e / (req.fov_nm * req.fov_y_nm * NM2_TO_A2),
             t_start_s=t0,
             t_end_s=self._clock_s,
+            rows=req.rows,
         )
 
     def acquire_spectrum(

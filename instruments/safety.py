@@ -385,9 +385,14 @@ class SafeMicroscope:
 
     # ---------------------------------------------------------------- Imaging
     def acquire_image(
-        self, fov_nm: float, pixels: int, dwell_s: float, detector: Detector = Detector.HAADF
+        self,
+        fov_nm: float,
+        pixels: int,
+        dwell_s: float,
+        detector: Detector = Detector.HAADF,
+        rows: int | None = None,
     ) -> ImageRecord:
-        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector)
+        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows)
         sx, sy = self._inner.stage_position_nm()
         current = float(self._inner.beam_current_pA())
         request = {
@@ -397,25 +402,25 @@ class SafeMicroscope:
             "stage_y_nm": sy,
             "current_pA": current,
         }
-        h = req.fov_nm / 2
-        box = (sx - h, sx + h, sy - h, sy + h)
+        w, h = req.fov_nm / 2, req.fov_y_nm / 2
+        box = (sx - w, sx + w, sy - h, sy + h)
         self._check_position(request, *box, what="the image field")
-        duration_s = req.dwell_s * req.pixels**2
+        duration_s = req.dwell_s * req.pixels * req.n_rows
         n_e = electrons(current, duration_s)
-        e_per_A2 = n_e / (req.fov_nm**2 * NM2_TO_A2)
+        e_per_A2 = n_e / (req.fov_nm * req.fov_y_nm * NM2_TO_A2)
         self._check_exposure(request, n_e, self._ledger.predict_image(*box, e_per_A2), (sx, sy), duration_s)
         try:
             with self._downstream(request):
-                rec = self._inner.acquire_image(req.fov_nm, req.pixels, req.dwell_s, req.detector)
+                rec = self._inner.acquire_image(req.fov_nm, req.pixels, req.dwell_s, req.detector, **req.rows_kwargs())
         except AcquisitionFailed:
             self._charge(n_e)
             self._ledger.add_rect(*box, e_per_A2)
             raise
         self._charge(rec.dose_e)
-        rh = rec.fov_nm / 2
+        rw, rh = rec.fov_nm / 2, rec.fov_y_nm / 2
         self._ledger.add_rect(
-            rec.center_x_nm - rh,
-            rec.center_x_nm + rh,
+            rec.center_x_nm - rw,
+            rec.center_x_nm + rw,
             rec.center_y_nm - rh,
             rec.center_y_nm + rh,
             rec.dose_e_per_A2,

@@ -256,3 +256,41 @@ def test_replayed_survey_warns_naming_the_scale_when_it_is_mostly_shot_noise(cap
     predicted = scope.image_noise.expected_correlation(si.image, 1e-3)
     measured = float(np.corrcoef(short.data.ravel(), si.image.ravel())[0, 1])
     assert predicted < 0.9 and measured == pytest.approx(predicted, abs=0.1)
+
+
+def test_a_rectangular_recording_is_surveyed_over_its_whole_field_pixel_for_pixel():
+    """41 rows × 50 columns (odd H − W): the default survey is the recorded scan itself, every
+    candidate sits on its own recorded pixel, and they cover every pixel with a full patch."""
+    from autoscope.instruments.factory import survey_defaults
+    from autoscope.tools.ml.descriptors import candidate_grid
+    from autoscope.tools.survey import SurveyPlan
+
+    rng = np.random.default_rng(9)
+    h, w, e = 41, 50, 16
+    lam = 30.0 + 20.0 * rng.random((h, w))
+    image = rng.poisson(lam).astype(np.float64)
+    spectra = rng.poisson(np.repeat(lam[..., None], e, axis=2)).astype(np.float64)
+    si = SpectrumImage(image, spectra, 2.0, 100.0, 1.0, 1e-4, 0.01, 50.0, origin_x_nm=-50.0, origin_y_nm=-41.0)
+    scope = ReplayMicroscope(si, seed=0)
+    caps = scope.capabilities()
+    d = survey_defaults(caps, max_current_pA=25.0)
+    plan = SurveyPlan(**{**d, "spectra": 0})
+    assert (plan.pixels, plan.rows, plan.fov_nm, plan.fov_y_nm) == (50, 41, 100.0, 82.0)
+    assert d["current_pA"] == 25.0 and d["dwell_s"] == pytest.approx(2e-4)  # same electrons per pixel
+    plan.check_against(caps, scope.stage_position_nm())  # the whole field fits the recorded stage box
+    scope.set_beam_current(plan.current_pA)
+    scope.unblank_beam()
+    survey = scope.acquire_image(plan.fov_nm, plan.pixels, plan.dwell_s, rows=plan.rows)
+    assert survey.data.shape == (41, 50) and (survey.fov_y_nm, survey.area_nm2) == (82.0, 8200.0)
+    np.testing.assert_array_equal(survey.data, image)  # scale 1: thinning keeps every recorded count
+    window = 5
+    grid = candidate_grid(survey, 1, window // 2)
+    half = window // 2
+    full = [(r, c) for r in range(h) for c in range(w) if half <= r < h - half and half <= c < w - half]
+    cands = set(zip(grid.rows.tolist(), grid.cols.tolist(), strict=True))
+    assert len(cands & set(full)) / len(full) >= 0.95
+    # each candidate's spectrum is the one recorded at its own pixel (none shared, none shifted)
+    for i in rng.choice(len(grid.rows), 60, replace=False):
+        x, y = grid.xy_nm[i]
+        rec = scope.acquire_spectrum(x, y, 0.02, 100.0, 100.0 + e)  # 25 pA × 0.02 s = the recorded dose
+        np.testing.assert_array_equal(rec.counts, spectra[grid.rows[i], grid.cols[i]])

@@ -93,12 +93,15 @@ class Acquirer:
         pixels: int,
         dwell_s: float,
         detector: Detector = Detector.HAADF,
+        rows: int | None = None,
         **extra: Any,
     ) -> ImageRecord:
-        """The image of ``step_id``: from the store when already acquired, else acquired and stored."""
+        """The image of ``step_id``: from the store when already acquired, else acquired and stored.
+        ``rows``: pixels down when the field is not square."""
+        shape = {} if rows is None or rows == pixels else {"rows": rows}
         return self._step(
             step_id,
-            lambda: self.microscope.acquire_image(fov_nm, pixels, dwell_s, detector),
+            lambda: self.microscope.acquire_image(fov_nm, pixels, dwell_s, detector, **shape),
             self.store.save_image,
             extra,
         )

@@ -414,6 +414,7 @@ class Campaign:
             f"{self.prefix}drift-{j:03d}",
             fov_nm=reference.fov_nm,
             pixels=reference.pixels,
+            rows=reference.rows,
             dwell_s=reference.dwell_s,
             step=k,
         )

@@ -30,12 +30,12 @@ def _save(fig, path: Path, title: str, dpi: int) -> Path:
 def survey_figure(image: ImageRecord, spectra: list[SpectrumRecord], path: Path, title: str = "") -> Path:
     """The overview image with numbered spectrum positions, and the spectra beside it."""
     fig, (ax_img, ax_sp) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1, 1.2]})
-    h = image.fov_nm / 2
-    extent = (image.center_x_nm - h, image.center_x_nm + h, image.center_y_nm + h, image.center_y_nm - h)
-    ax_img.imshow(image.data, cmap="gray", extent=extent)
+    ax_img.imshow(image.data, cmap="gray", extent=_extent(image))
     ax_img.set_xlabel("x (nm)")
     ax_img.set_ylabel("y (nm)")
-    ax_img.set_title(f"{image.detector.value.upper()} {image.pixels}² px, {image.dwell_s * 1e6:.1f} µs dwell")
+    ax_img.set_title(
+        f"{image.detector.value.upper()} {image.pixels} × {image.n_rows} px, {image.dwell_s * 1e6:.1f} µs dwell"
+    )
     colors = plt.cm.tab10.colors
     for i, sp in enumerate(spectra):
         c = colors[i % len(colors)]
@@ -57,8 +57,7 @@ def campaign_figure(
     """Survey with the measured positions in order, the predicted map, and the curves over steps."""
     survey, grid = result.survey, result.grid
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-    h = survey.fov_nm / 2
-    extent = (survey.center_x_nm - h, survey.center_x_nm + h, survey.center_y_nm + h, survey.center_y_nm - h)
+    extent = _extent(survey)
     ax = axes[0]
     ax.imshow(survey.data, cmap="gray", extent=extent)
     if result.measured:
@@ -148,8 +147,9 @@ _CLASS_COLORS = {
 
 
 def _extent(image: ImageRecord) -> tuple[float, float, float, float]:
-    h = image.fov_nm / 2
-    return (image.center_x_nm - h, image.center_x_nm + h, image.center_y_nm + h, image.center_y_nm - h)
+    """imshow extent (left, right, bottom, top) of an image's field, row 0 at the top."""
+    w, h = image.fov_nm / 2, image.fov_y_nm / 2
+    return (image.center_x_nm - w, image.center_x_nm + w, image.center_y_nm + h, image.center_y_nm - h)
 
 
 def _draw_map(ax, image: ImageRecord, smap, grid_nm: np.ndarray) -> None:

@@ -37,8 +37,9 @@ class SurveyPlan(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fov_nm: float = Field(gt=0)
-    pixels: int = Field(ge=8, le=4096)
+    fov_nm: float = Field(gt=0, description="width of the field (nm)")
+    pixels: int = Field(ge=8, le=4096, description="pixels across")
+    rows: int | None = Field(None, ge=1, le=4096, description="pixels down (default: pixels, a square field)")
     dwell_s: float = Field(gt=0, le=1.0)
     current_pA: float | None = Field(default=None, gt=0)
     spectra: int = Field(default=4, ge=0, le=256)
@@ -54,20 +55,31 @@ class SurveyPlan(BaseModel):
             raise ValueError("energy_max_eV must be greater than energy_min_eV")
         return self
 
+    @property
+    def fov_y_nm(self) -> float:
+        """Height of the field (nm): square pixels."""
+        return self.fov_nm * (self.rows or self.pixels) / self.pixels
+
     def check_against(self, caps: Capabilities, center_nm: tuple[float, float]) -> None:
         """Refuse a plan the instrument cannot carry out, naming the field."""
-        if self.fov_nm > caps.max_fov_nm:
+        if max(self.fov_nm, self.fov_y_nm) > caps.max_fov_nm * (1 + 1e-9):
             raise InvalidRequest(
-                "fov_nm", f"{self.fov_nm} nm exceeds the largest scan field {caps.max_fov_nm} nm"
+                "fov_nm", f"{max(self.fov_nm, self.fov_y_nm)} nm exceeds the largest scan field {caps.max_fov_nm} nm"
             )
         cx, cy = center_nm
-        h = self.fov_nm / 2
+        w, h = self.fov_nm / 2, self.fov_y_nm / 2
         s = caps.stage
-        if cx - h < s.x_min_nm or cx + h > s.x_max_nm or cy - h < s.y_min_nm or cy + h > s.y_max_nm:
+        tol = 1e-9 * max(self.fov_nm, 1.0)
+        if (
+            cx - w < s.x_min_nm - tol
+            or cx + w > s.x_max_nm + tol
+            or cy - h < s.y_min_nm - tol
+            or cy + h > s.y_max_nm + tol
+        ):
             raise InvalidRequest(
                 "fov_nm",
-                f"a {self.fov_nm} nm field centred at ({cx:.1f}, {cy:.1f}) nm leaves the stage travel "
-                f"x {s.x_min_nm}..{s.x_max_nm}, y {s.y_min_nm}..{s.y_max_nm} nm",
+                f"a {self.fov_nm:g} × {self.fov_y_nm:g} nm field centred at ({cx:.1f}, {cy:.1f}) nm leaves the stage "
+                f"travel x {s.x_min_nm}..{s.x_max_nm}, y {s.y_min_nm}..{s.y_max_nm} nm",
             )
         if self.current_pA is not None and not caps.current_min_pA <= self.current_pA <= caps.current_max_pA:
             raise InvalidRequest(
@@ -88,8 +100,10 @@ def choose_spectrum_positions(image: ImageRecord, n: int) -> list[tuple[float, f
     """
     if n <= 0:
         return []
-    smooth = ndimage.gaussian_filter(image.data.astype(np.float64), sigma=max(1.0, image.pixels / 256))
-    border = max(2, image.pixels // 32)
+    n_rows, n_cols = image.data.shape
+    side_px = min(n_rows, n_cols)
+    smooth = ndimage.gaussian_filter(image.data.astype(np.float64), sigma=max(1.0, side_px / 256))
+    border = max(2, side_px // 32)
     inner = np.zeros_like(smooth, dtype=bool)
     inner[border:-border, border:-border] = True
     background, top = np.median(smooth), np.percentile(smooth, 99.5)
@@ -104,15 +118,14 @@ def choose_spectrum_positions(image: ImageRecord, n: int) -> list[tuple[float, f
     dark = np.unravel_index(int(np.argmin(np.where(inner, smooth, np.inf))), smooth.shape)
     picks.append((int(dark[0]), int(dark[1])))
     side = max(4, int(np.ceil(np.sqrt(n))) + 1)
-    grid = np.unique(np.linspace(border, image.pixels - 1 - border, side).astype(int))
-    half = max(1, image.pixels // 32)
-    for r in grid:
-        for c in grid:
+    grid_r = np.unique(np.linspace(border, n_rows - 1 - border, side).astype(int))
+    grid_c = np.unique(np.linspace(border, n_cols - 1 - border, side).astype(int))
+    half = max(1, side_px // 32)
+    for r in grid_r:
+        for c in grid_c:
             # snap to the brightest pixel nearby, so lattice images put the probe on a column
             r0, c0 = max(r - half, border), max(c - half, border)
-            win = smooth[
-                r0 : min(r + half + 1, image.pixels - border), c0 : min(c + half + 1, image.pixels - border)
-            ]
+            win = smooth[r0 : min(r + half + 1, n_rows - border), c0 : min(c + half + 1, n_cols - border)]
             dr, dc = np.unravel_index(int(np.argmax(win)), win.shape)
             spot = (int(r0 + dr), int(c0 + dc))
             if len(picks) < n and spot not in picks:
@@ -157,7 +170,9 @@ def run_survey(
     store.append_event("survey_started", plan=plan.model_dump(), resumed=bool(done_before))
     microscope.unblank_beam()
     try:
-        image = acq.image(IMAGE_STEP, fov_nm=plan.fov_nm, pixels=plan.pixels, dwell_s=plan.dwell_s)
+        image = acq.image(
+            IMAGE_STEP, fov_nm=plan.fov_nm, pixels=plan.pixels, dwell_s=plan.dwell_s, rows=plan.rows
+        )
         if progress:
             progress(1, total)
         spectra = []

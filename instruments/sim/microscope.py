@@ -173,29 +173,35 @@ class SimMicroscope(LocalBackend):
 
     # ---------------------------------------------------------------- Imaging
     def acquire_image(
-        self, fov_nm: float, pixels: int, dwell_s: float, detector: Detector = Detector.HAADF
+        self,
+        fov_nm: float,
+        pixels: int,
+        dwell_s: float,
+        detector: Detector = Detector.HAADF,
+        rows: int | None = None,
     ) -> ImageRecord:
-        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector)
+        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows)
         caps, c = self._caps, self._config
-        if req.fov_nm > caps.max_fov_nm:
+        if max(req.fov_nm, req.fov_y_nm) > caps.max_fov_nm:
             raise InvalidRequest(
-                "fov_nm", f"{req.fov_nm} nm exceeds the maximum scan field {caps.max_fov_nm} nm"
+                "fov_nm", f"{max(req.fov_nm, req.fov_y_nm)} nm exceeds the maximum scan field {caps.max_fov_nm} nm"
             )
         if req.detector not in caps.detectors:
             raise InvalidRequest("detector", f"{req.detector} is not installed")
         self._require_beam()
         fault, shape_u = self._faults.draw()
-        n, fov, dwell = req.pixels, req.fov_nm, req.dwell_s
+        n, ny, fov, fov_y, dwell = req.pixels, req.n_rows, req.fov_nm, req.fov_y_nm, req.dwell_s
         p = fov / n
         cx, cy = self._stage
         t0 = self._clock_s
         line_s = n * dwell + c.line_flyback_s
-        t_lines = t0 + c.frame_overhead_s + np.arange(n) * line_s + n * dwell / 2.0
-        d = self._drift.sample(t_lines)  # (n, 2) drift at the middle of each line
-        jitter_nm = self._rng_jitter.standard_normal(n) * c.line_jitter_px * p
-        centres = (np.arange(n) + 0.5) * p - fov / 2.0
-        xs = (cx + centres)[None, :] + (jitter_nm - d[:, 0])[:, None]
-        ys = np.repeat((cy + centres - d[:, 1])[:, None], n, axis=1)
+        t_lines = t0 + c.frame_overhead_s + np.arange(ny) * line_s + n * dwell / 2.0
+        d = self._drift.sample(t_lines)  # (ny, 2) drift at the middle of each line
+        jitter_nm = self._rng_jitter.standard_normal(ny) * c.line_jitter_px * p
+        centres_x = (np.arange(n) + 0.5) * p - fov / 2.0
+        centres_y = (np.arange(ny) + 0.5) * p - fov_y / 2.0
+        xs = (cx + centres_x)[None, :] + (jitter_nm - d[:, 0])[:, None]
+        ys = np.repeat((cy + centres_y - d[:, 1])[:, None], n, axis=1)
         if req.detector is Detector.HAADF:
             frac, eff = self._sample.haadf(xs, ys, self._probe_sigma_nm), c.haadf_efficiency
         else:
@@ -204,18 +210,18 @@ class SimMicroscope(LocalBackend):
         expected = np.clip(e_per_px * eff * frac, 0.0, None)
         counts = self._rng_noise.poisson(expected).astype(np.float32)
         if c.read_noise_counts > 0:
-            counts += (self._rng_noise.standard_normal((n, n)) * c.read_noise_counts).astype(np.float32)
+            counts += (self._rng_noise.standard_normal((ny, n)) * c.read_noise_counts).astype(np.float32)
         data = np.clip(counts, 0.0, c.saturation_counts)
 
-        dose_e = electrons(self._current_pA, dwell * n * n)
-        dose_A2 = dose_e / (fov * fov * NM2_TO_A2)
+        dose_e = electrons(self._current_pA, dwell * n * ny)
+        dose_A2 = dose_e / (fov * fov_y * NM2_TO_A2)
         mdx, mdy = d.mean(axis=0)
         self._dose.add_rect(
-            cx - fov / 2 - mdx, cx + fov / 2 - mdx, cy - fov / 2 - mdy, cy + fov / 2 - mdy, dose_A2
+            cx - fov / 2 - mdx, cx + fov / 2 - mdx, cy - fov_y / 2 - mdy, cy + fov_y / 2 - mdy, dose_A2
         )
         self._total_dose_e += dose_e
         self._sample.apply_damage(self._dose, self._rng_damage)
-        self._clock_s = t0 + c.frame_overhead_s + n * line_s
+        self._clock_s = t0 + c.frame_overhead_s + ny * line_s
         self._probe_offset = (0.0, 0.0)
         self._finish(fault)
         if fault is Fault.CORRUPT:
@@ -235,6 +241,7 @@ class SimMicroscope(LocalBackend):
             dose_e_per_A2=dose_A2,
             t_start_s=t0,
             t_end_s=self._clock_s,
+            rows=req.rows,
         )
 
     # ---------------------------------------------------------------- Spectroscopy

@@ -115,8 +115,7 @@ def _refine(
 def _describe(image: ImageRecord, data: np.ndarray, rc: np.ndarray, pid: int) -> ParticleFeature | None:
     """Descriptors of one region (pixel indices ``rc``) in the sample frame."""
     p = image.pixel_size_nm
-    x0 = image.center_x_nm - image.fov_nm / 2
-    y0 = image.center_y_nm - image.fov_nm / 2
+    x0, y0 = image.origin_nm
     xy = np.column_stack([x0 + (rc[:, 1] + 0.5) * p, y0 + (rc[:, 0] + 0.5) * p])
     area = len(xy) * p * p
     c = xy.mean(axis=0)

@@ -54,24 +54,28 @@ class CandidateGrid:
 def candidate_grid(image: ImageRecord, stride_px: int, margin_px: int) -> CandidateGrid:
     """A regular grid of candidates every ``stride_px`` pixels, ``margin_px`` away from the image border.
 
-    The grid is centred in the usable area so both borders keep at least ``margin_px``.
+    The grid is centred in the usable area of each axis, so every border keeps at least
+    ``margin_px``; a rectangular image gets a rectangular grid, each candidate on a pixel centre.
     """
     if stride_px < 1:
         raise ValueError(f"stride_px must be >= 1, got {stride_px}")
     if margin_px < 0:
         raise ValueError(f"margin_px must be >= 0, got {margin_px}")
     n_rows, n_cols = image.data.shape
-    usable = min(n_rows, n_cols) - 1 - 2 * margin_px
-    if usable < 0:
-        raise ValueError(f"margin_px={margin_px} leaves no pixels in a {n_rows}×{n_cols} image")
-    n = usable // stride_px + 1
-    start = margin_px + (usable - (n - 1) * stride_px) // 2
-    idx = start + stride_px * np.arange(n)
-    rr, cc = np.meshgrid(idx, idx, indexing="ij")
+
+    def axis(size: int) -> np.ndarray:
+        usable = size - 1 - 2 * margin_px
+        if usable < 0:
+            raise ValueError(f"margin_px={margin_px} leaves no pixels in a {n_rows}×{n_cols} image")
+        n = usable // stride_px + 1
+        return margin_px + (usable - (n - 1) * stride_px) // 2 + stride_px * np.arange(n)
+
+    rr, cc = np.meshgrid(axis(n_rows), axis(n_cols), indexing="ij")
     rows, cols = rr.ravel().astype(np.int64), cc.ravel().astype(np.int64)
     p = image.pixel_size_nm
-    x = image.center_x_nm - image.fov_nm / 2 + (cols + 0.5) * p
-    y = image.center_y_nm - image.fov_nm / 2 + (rows + 0.5) * p
+    x0, y0 = image.origin_nm
+    x = x0 + (cols + 0.5) * p
+    y = y0 + (rows + 0.5) * p
     return CandidateGrid(rows=rows, cols=cols, xy_nm=np.column_stack([x, y]), stride_px=int(stride_px))
 
 
@@ -110,8 +114,9 @@ def in_field(image: ImageRecord, xy_nm: np.ndarray) -> np.ndarray:
 def _nearest_pixels(image: ImageRecord, xy_nm: np.ndarray) -> np.ndarray:
     xy = np.atleast_2d(np.asarray(xy_nm, dtype=np.float64))
     p = image.pixel_size_nm
-    row = (xy[:, 1] - image.center_y_nm + image.fov_nm / 2) / p - 0.5
-    col = (xy[:, 0] - image.center_x_nm + image.fov_nm / 2) / p - 0.5
+    x0, y0 = image.origin_nm
+    row = (xy[:, 1] - y0) / p - 0.5
+    col = (xy[:, 0] - x0) / p - 0.5
     return np.column_stack([np.rint(row), np.rint(col)]).astype(np.int64)
 
 

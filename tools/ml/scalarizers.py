@@ -21,12 +21,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from scipy.ndimage import gaussian_filter1d
 
-from autoscope.instruments.records import SpectrumRecord
+from autoscope.instruments.records import ENERGY_MAX_EV, ENERGY_MIN_EV, SpectrumRecord
 
 log = logging.getLogger(__name__)
 
 #: bounds every energy field must respect (the request range of ``SpectrumRequest``)
-_E_MIN, _E_MAX = -50.0, 5000.0
+_E_MIN, _E_MAX = ENERGY_MIN_EV, ENERGY_MAX_EV
 EnergyEV = Annotated[float, Field(ge=_E_MIN, le=_E_MAX, allow_inf_nan=False)]
 
 
