@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -230,7 +231,9 @@ def read_replay_file(
     data = src.file if src.file.is_absolute() else base / src.file
     if data.suffix.lower() in REPLAY_FILE_SUFFIXES:
         raise RecordingError("file", "a replay file names a recording, not another replay file", str(path))
-    image = image_path or (None if src.image is None else (src.image if src.image.is_absolute() else base / src.image))
+    image = image_path or (
+        None if src.image is None else (src.image if src.image.is_absolute() else base / src.image)
+    )
     rec = read_recording(
         data,
         image_path=image,
@@ -284,11 +287,21 @@ def _finish(rec: Recording, given: dict[str, float], shift: float) -> Recording:
 
 
 # ----------------------------------------------------------------------- RosettaSciIO
+def _rsciio_logging() -> None:
+    """RosettaSciIO logs through its own handler on stdout (it would corrupt ``--json`` output):
+    its records go through the application's logging instead."""
+    logger = logging.getLogger("rsciio")
+    for h in list(logger.handlers):
+        if getattr(h, "stream", None) is sys.stdout:
+            logger.removeHandler(h)
+
+
 def _read_rsciio(path: Path) -> Recording:
     import importlib
 
     plugin = RSCIIO_SUFFIXES[path.suffix.lower()]
     reader = importlib.import_module(f"rsciio.{plugin}").file_reader
+    _rsciio_logging()
     try:
         entries = reader(str(path))
     except Exception as exc:  # the plugins raise a variety of exceptions for unreadable files
@@ -481,6 +494,7 @@ def _with_image(rec: Recording, image_path: Path) -> Recording:
     import importlib
 
     reader = importlib.import_module(f"rsciio.{RSCIIO_SUFFIXES[suffix]}").file_reader
+    _rsciio_logging()
     entries = [e for e in reader(str(image_path)) if _nav_sig(e) == (0, 2)]
     h, w = rec.spectra.shape[:2]
     px = rec.conditions.get("pixel_size_nm")

@@ -65,7 +65,10 @@ class ImageRequest(_Request):
     dwell_s: float = Field(gt=0, le=1.0, description="dwell time per pixel (s)")
     detector: Detector = Detector.HAADF
     rows: int | None = Field(
-        None, ge=1, le=4096, description="pixels down (default: pixels); the field is fov_nm · rows / pixels tall"
+        None,
+        ge=1,
+        le=4096,
+        description="pixels down (default: pixels); the field is fov_nm · rows / pixels tall",
     )
 
     @property

@@ -103,7 +103,9 @@ class NoiseModel:
         if self.kind not in ("poisson", "none"):
             raise InvalidRequest("noise", f"{self.kind!r}: choose poisson or none")
         if not (self.gain > 0 and math.isfinite(self.gain)) or not math.isfinite(self.offset):
-            raise InvalidRequest("noise", f"gain must be positive and offset finite, got {self.gain}, {self.offset}")
+            raise InvalidRequest(
+                "noise", f"gain must be positive and offset finite, got {self.gain}, {self.offset}"
+            )
 
     def counts(self, values: np.ndarray) -> np.ndarray:
         """Detected counts behind recorded ``values``."""
@@ -155,11 +157,12 @@ def choose_noise(values: np.ndarray, what: str) -> NoiseModel:
         )
     if not np.allclose(a, np.round(a), atol=1e-6):
         return NoiseModel(
-            "none", why=f"the {what} values are not whole counts: replayed scaled, not resampled (give a gain and offset "
+            "none",
+            why=f"the {what} values are not whole counts: replayed scaled, not resampled (give a gain and offset "
             "to resample them as detector counts)",
         )
     lo, med = float(np.min(a)), float(np.median(a))
-    if med > 0 and lo > 0.5 * med:
+    if med > 0 and lo > 0.5 * med and np.ptp(a) > 0:  # one value (a single pixel) is no pedestal
         return NoiseModel(
             "none",
             why=f"the {what} sit on a pedestal ({lo:.6g}, median {med:.6g}: a detector black level?): replayed "
@@ -316,7 +319,9 @@ _NOISE = ("image_noise", "spectrum_noise")
 def _noise(text: str | bytes, path: Path) -> NoiseModel:
     try:
         d = json.loads(text)
-        return NoiseModel(d["kind"], float(d.get("gain", 1.0)), float(d.get("offset", 0.0)), why=f"stored in {path.name}")
+        return NoiseModel(
+            d["kind"], float(d.get("gain", 1.0)), float(d.get("offset", 0.0)), why=f"stored in {path.name}"
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: unreadable noise model {text!r}") from exc
 
@@ -346,7 +351,9 @@ class ReplayMicroscope(LocalBackend):
             self.image_noise = d.image_noise or choose_noise(d.image, "image")
             self.spectrum_noise = d.spectrum_noise or choose_noise(d.spectra, "spectra")
         else:
-            self.image_noise = dataclasses.replace(d.image_noise or NoiseModel("none"), kind="none", why="asked")
+            self.image_noise = dataclasses.replace(
+                d.image_noise or NoiseModel("none"), kind="none", why="asked"
+            )
             self.spectrum_noise = dataclasses.replace(
                 d.spectrum_noise or NoiseModel("none"), kind="none", why="asked"
             )
@@ -425,7 +432,9 @@ class ReplayMicroscope(LocalBackend):
         detector: Detector = Detector.HAADF,
         rows: int | None = None,
     ) -> ImageRecord:
-        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows)
+        req = ImageRequest.checked(
+            fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows
+        )
         caps = self._caps
         if req.detector not in caps.detectors:
             raise InvalidRequest(
@@ -435,14 +444,19 @@ class ReplayMicroscope(LocalBackend):
         for field, size, extent in (("fov_nm", req.fov_nm, x1 - x0), ("rows", req.fov_y_nm, y1 - y0)):
             if size > extent * (1 + 1e-9):
                 raise InvalidRequest(
-                    field, f"a field {req.fov_nm:g} × {req.fov_y_nm:g} nm exceeds the recorded {x1 - x0:g} × {y1 - y0:g} nm"
+                    field,
+                    f"a field {req.fov_nm:g} × {req.fov_y_nm:g} nm exceeds the recorded {x1 - x0:g} × {y1 - y0:g} nm",
                 )
         self._require_beam()
         d = self.data
         cx, cy = self._stage
         p = req.fov_nm / req.pixels
-        cols = (cx + (np.arange(req.pixels) + 0.5) * p - req.fov_nm / 2 - d.origin_x_nm) / d.pixel_size_nm - 0.5
-        rows = (cy + (np.arange(req.n_rows) + 0.5) * p - req.fov_y_nm / 2 - d.origin_y_nm) / d.pixel_size_nm - 0.5
+        cols = (
+            cx + (np.arange(req.pixels) + 0.5) * p - req.fov_nm / 2 - d.origin_x_nm
+        ) / d.pixel_size_nm - 0.5
+        rows = (
+            cy + (np.arange(req.n_rows) + 0.5) * p - req.fov_y_nm / 2 - d.origin_y_nm
+        ) / d.pixel_size_nm - 0.5
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
         on_grid = np.allclose(rr, np.round(rr), atol=1e-6) and np.allclose(cc, np.round(cc), atol=1e-6)
         # on the recorded grid the pixels are the recorded ones, exactly (whole counts stay whole)

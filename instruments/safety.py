@@ -392,7 +392,9 @@ class SafeMicroscope:
         detector: Detector = Detector.HAADF,
         rows: int | None = None,
     ) -> ImageRecord:
-        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows)
+        req = ImageRequest.checked(
+            fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows
+        )
         sx, sy = self._inner.stage_position_nm()
         current = float(self._inner.beam_current_pA())
         request = {
@@ -411,7 +413,9 @@ class SafeMicroscope:
         self._check_exposure(request, n_e, self._ledger.predict_image(*box, e_per_A2), (sx, sy), duration_s)
         try:
             with self._downstream(request):
-                rec = self._inner.acquire_image(req.fov_nm, req.pixels, req.dwell_s, req.detector, **req.rows_kwargs())
+                rec = self._inner.acquire_image(
+                    req.fov_nm, req.pixels, req.dwell_s, req.detector, **req.rows_kwargs()
+                )
         except AcquisitionFailed:
             self._charge(n_e)
             self._ledger.add_rect(*box, e_per_A2)

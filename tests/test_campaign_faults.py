@@ -79,7 +79,9 @@ def test_bad_pixels_become_failed_measurements_and_the_map_is_measured_to_its_en
     assert len(result.steps) == m == len(set(result.visited))  # the whole map, nothing measured twice
     pix = {(int(r), int(c)) for r, c in zip(result.grid.rows, result.grid.cols, strict=True)}
     bad = {(5, 6), (9, 4)} & pix
-    failed_pixels = {(int(result.grid.rows[s.candidate]), int(result.grid.cols[s.candidate])) for s in result.failed}
+    failed_pixels = {
+        (int(result.grid.rows[s.candidate]), int(result.grid.cols[s.candidate])) for s in result.failed
+    }
     assert failed_pixels == bad and len(failed_events) == len(bad) == 2
     reasons = " ".join(ev["reason"] for ev in failed_events)
     # the NaN read-out fails the integrity check through every retry: nothing stored, said so

@@ -199,9 +199,7 @@ def test_requests_outside_the_data_name_the_field(dataset_path):
 def _counts_recording(lam: np.ndarray, rng, **noise) -> SpectrumImage:
     """A recording of whole counts drawn at expectation ``lam`` (H, W), one channel per pixel."""
     image = rng.poisson(lam).astype(np.float64)
-    return SpectrumImage(
-        image, image[..., None].copy(), 1.0, 0.0, 1.0, 1e-3, 1e-3, 10.0, **noise
-    )
+    return SpectrumImage(image, image[..., None].copy(), 1.0, 0.0, 1.0, 1e-3, 1e-3, 10.0, **noise)
 
 
 def test_thinning_is_poisson_at_the_lower_dose_without_counting_the_recorded_noise_twice():
@@ -270,7 +268,9 @@ def test_a_rectangular_recording_is_surveyed_over_its_whole_field_pixel_for_pixe
     lam = 30.0 + 20.0 * rng.random((h, w))
     image = rng.poisson(lam).astype(np.float64)
     spectra = rng.poisson(np.repeat(lam[..., None], e, axis=2)).astype(np.float64)
-    si = SpectrumImage(image, spectra, 2.0, 100.0, 1.0, 1e-4, 0.01, 50.0, origin_x_nm=-50.0, origin_y_nm=-41.0)
+    si = SpectrumImage(
+        image, spectra, 2.0, 100.0, 1.0, 1e-4, 0.01, 50.0, origin_x_nm=-50.0, origin_y_nm=-41.0
+    )
     scope = ReplayMicroscope(si, seed=0)
     caps = scope.capabilities()
     d = survey_defaults(caps, max_current_pA=25.0)

@@ -163,9 +163,13 @@ def make_model(
     if method == "dkl":
         from autoscope.tools.ml.dkl import DKL
 
-        return RecoveringSurrogate(lambda dtype: DKL(seed=seed, dtype=dtype), fallback, on_recovery=on_recovery)
+        return RecoveringSurrogate(
+            lambda dtype: DKL(seed=seed, dtype=dtype), fallback, on_recovery=on_recovery
+        )
     if method == "gp":  # already float64: the ladder is a cold refit, then a fresh GP
-        return RecoveringSurrogate(lambda _dtype: ExactGP(ard=False, seed=seed), fallback, on_recovery=on_recovery)
+        return RecoveringSurrogate(
+            lambda _dtype: ExactGP(ard=False, seed=seed), fallback, on_recovery=on_recovery
+        )
     return None
 
 
@@ -363,7 +367,9 @@ class Campaign:
                 if failed is None:
                     result.measured.append(cand)
                     result.y.append(y)
-                info = StepInfo(k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std, failed)
+                info = StepInfo(
+                    k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std, failed
+                )
                 result.steps.append(info)
                 if on_step:
                     try:
@@ -373,7 +379,9 @@ class Campaign:
                         self.store.append_event("campaign_stopped", reason=result.stop_reason, step=k)
                         log.info("campaign stopped after step %d: %s", k, result.stop_reason)
                         break
-                if phase == "active" and failed is None and record is not None:  # the stuck monitor judges what the model chose
+                if (
+                    phase == "active" and failed is None and record is not None
+                ):  # the stuck monitor judges what the model chose
                     y_sd = float(cfg.scalarizer.uncertainty(record))
                     if emit(stuck.update(k, y, report, y_sd=y_sd)):
                         break

@@ -64,7 +64,8 @@ class SurveyPlan(BaseModel):
         """Refuse a plan the instrument cannot carry out, naming the field."""
         if max(self.fov_nm, self.fov_y_nm) > caps.max_fov_nm * (1 + 1e-9):
             raise InvalidRequest(
-                "fov_nm", f"{max(self.fov_nm, self.fov_y_nm)} nm exceeds the largest scan field {caps.max_fov_nm} nm"
+                "fov_nm",
+                f"{max(self.fov_nm, self.fov_y_nm)} nm exceeds the largest scan field {caps.max_fov_nm} nm",
             )
         cx, cy = center_nm
         w, h = self.fov_nm / 2, self.fov_y_nm / 2

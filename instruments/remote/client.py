@@ -160,7 +160,9 @@ class RemoteMicroscope:
         detector: Detector = Detector.HAADF,
         rows: int | None = None,
     ) -> ImageRecord:
-        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows)
+        req = ImageRequest.checked(
+            fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows
+        )
         record = self._record("/image", req.model_dump(mode="json", exclude_none=True))
         if not isinstance(record, ImageRecord):
             raise InstrumentError(f"{self.url}/image answered a {type(record).__name__}")

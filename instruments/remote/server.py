@@ -199,7 +199,9 @@ def create_app(microscope: Microscope, token: str, *, cache_size: int = 256) -> 
     def image(req: ImageRequest, request_id: RequestId = None) -> Response:
         def act() -> Response:
             return record_response(
-                microscope.acquire_image(req.fov_nm, req.pixels, req.dwell_s, req.detector, **req.rows_kwargs())
+                microscope.acquire_image(
+                    req.fov_nm, req.pixels, req.dwell_s, req.detector, **req.rows_kwargs()
+                )
             )
 
         return call(act, request_id, fingerprint("image", req))

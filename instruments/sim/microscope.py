@@ -180,11 +180,14 @@ class SimMicroscope(LocalBackend):
         detector: Detector = Detector.HAADF,
         rows: int | None = None,
     ) -> ImageRecord:
-        req = ImageRequest.checked(fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows)
+        req = ImageRequest.checked(
+            fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows
+        )
         caps, c = self._caps, self._config
         if max(req.fov_nm, req.fov_y_nm) > caps.max_fov_nm:
             raise InvalidRequest(
-                "fov_nm", f"{max(req.fov_nm, req.fov_y_nm)} nm exceeds the maximum scan field {caps.max_fov_nm} nm"
+                "fov_nm",
+                f"{max(req.fov_nm, req.fov_y_nm)} nm exceeds the maximum scan field {caps.max_fov_nm} nm",
             )
         if req.detector not in caps.detectors:
             raise InvalidRequest("detector", f"{req.detector} is not installed")
