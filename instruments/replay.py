@@ -116,6 +116,10 @@ class NoiseModel:
         n = self.counts(values)
         if self.kind == "none":
             return self.offset + self.gain * scale * n
+        bad = ~np.isfinite(n)
+        if bad.any():  # a NaN read-out is replayed as one; the rest is resampled
+            out = self.resample(np.where(bad, self.offset, values), scale, rng)
+            return np.where(bad, np.nan, out)
         whole = np.round(n)
         if np.all(np.abs(n - whole) < 1e-6) and np.all(whole >= 0):
             if scale > 1.0:
