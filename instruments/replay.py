@@ -149,7 +149,10 @@ class NoiseModel:
 
 def choose_noise(values: np.ndarray, what: str) -> NoiseModel:
     """The resampling a recording supports: ``poisson`` for non-negative whole counts, else ``none``."""
-    a = np.asarray(values, dtype=np.float64)
+    raw = np.asarray(values)
+    if np.issubdtype(raw.dtype, np.integer) and (raw.dtype.kind == "u" or raw.min() >= 0):
+        return NoiseModel("poisson", why=f"the {what} values are non-negative whole counts")  # stored as counts
+    a = raw.astype(np.float64)
     if not np.all(np.isfinite(a)):
         return NoiseModel("none", why=f"the {what} values include NaN or inf: replayed as recorded, scaled")
     if np.any(a < 0):
