@@ -179,11 +179,21 @@ def survey(
             plan = SurveyPlan(**{**defaults, **fields, **{k: v for k, v in flags.items() if v is not None}})
             with _progress("survey", 1 + plan.spectra) as advance:
                 result = run_survey(scope, store, plan, progress=lambda _done, _total: advance(1))
+            rec = scope.capabilities().recorded  # a replay labels the figure from its file
             png = survey_figure(
                 result.image,
                 result.spectra,
                 Path(out) / "survey.png",
                 title=f"{scenario or remote or replay} — seed {seed}",
+                **(
+                    {}
+                    if rec is None
+                    else {
+                        "signal": rec.signal or "spectra",
+                        "energy_name": rec.energy_name or "energy",
+                        "image_label": rec.image,
+                    }
+                ),
             )
         log.info(
             "survey done: %d steps (%d reused), dose %.3g e; %s",

@@ -138,6 +138,9 @@ class Recording:
             origin_y_nm=c.get("origin_y_nm", 0.0),
             image_noise=self.noise("image"),
             spectrum_noise=self.noise("spectra"),
+            signal=self.signal_type,
+            energy_name=self.energy_name,
+            image_source=self.image_source,
         )
 
     def noise(self, what: Literal["image", "spectra"]) -> NoiseModel:

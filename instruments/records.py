@@ -127,6 +127,9 @@ class RecordedScan(BaseModel):
     dwell_s: float
     spectrum_dwell_s: float
     current_pA: float
+    signal: str = ""  # what the spectra are (EELS, EDS_TEM...), as the file says
+    energy_name: str = ""  # the spectral axis' name in the file
+    image: str = ""  # where the survey image came from
 
 
 class Capabilities(BaseModel):

@@ -150,19 +150,18 @@ class NoiseModel:
 def choose_noise(values: np.ndarray, what: str) -> NoiseModel:
     """The resampling a recording supports: ``poisson`` for non-negative whole counts, else ``none``."""
     raw = np.asarray(values)
-    if np.issubdtype(raw.dtype, np.integer) and (raw.dtype.kind == "u" or raw.min() >= 0):
-        return NoiseModel("poisson", why=f"the {what} values are non-negative whole counts")  # stored as counts
-    a = raw.astype(np.float64)
-    if not np.all(np.isfinite(a)):
+    counts = np.issubdtype(raw.dtype, np.integer)  # stored as integers: finite and whole, no pass needed
+    a = raw if counts else raw.astype(np.float64)
+    if not counts and not np.all(np.isfinite(a)):
         return NoiseModel("none", why=f"the {what} values include NaN or inf: replayed as recorded, scaled")
-    if np.any(a < 0):
+    if (not counts or raw.dtype.kind == "i") and np.any(a < 0):
         frac = float(np.mean(a < 0))
         return NoiseModel(
             "none",
             why=f"{frac:.1%} of the {what} values are negative (dark-subtracted or signed): replayed as "
             "recorded, scaled, not resampled",
         )
-    if not np.allclose(a, np.round(a), atol=1e-6):
+    if not counts and not np.allclose(a, np.round(a), atol=1e-6):
         return NoiseModel(
             "none",
             why=f"the {what} values are not whole counts: replayed scaled, not resampled (give a gain and offset "
@@ -197,6 +196,9 @@ class SpectrumImage:
     origin_y_nm: float = 0.0
     image_noise: NoiseModel | None = None  # None: choose_noise decides
     spectrum_noise: NoiseModel | None = None
+    signal: str = ""  # labels for figures: the signal, the spectral axis, the image's source
+    energy_name: str = ""
+    image_source: str = ""
 
     def __post_init__(self) -> None:
         if self.image.ndim != 2 or self.spectra.ndim != 3 or self.spectra.shape[:2] != self.image.shape:
@@ -395,6 +397,9 @@ class ReplayMicroscope(LocalBackend):
                 dwell_s=d.dwell_s,
                 spectrum_dwell_s=d.spectrum_dwell_s,
                 current_pA=d.current_pA,
+                signal=d.signal,
+                energy_name=d.energy_name,
+                image=d.image_source,
             ),
         )
         log.info("replaying %s: %s spectrum image, %.3g nm/px", self.name, d.spectra.shape, d.pixel_size_nm)

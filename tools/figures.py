@@ -27,14 +27,26 @@ def _save(fig, path: Path, title: str, dpi: int) -> Path:
     return path
 
 
-def survey_figure(image: ImageRecord, spectra: list[SpectrumRecord], path: Path, title: str = "") -> Path:
-    """The overview image with numbered spectrum positions, and the spectra beside it."""
+def survey_figure(
+    image: ImageRecord,
+    spectra: list[SpectrumRecord],
+    path: Path,
+    title: str = "",
+    *,
+    signal: str = "EELS",
+    energy_name: str = "energy loss",
+    image_label: str = "",
+) -> Path:
+    """The overview image with numbered spectrum positions, and the spectra beside it; labelled
+    with the signal, the spectral axis' name and the image's source (a replay's, from its file)."""
     fig, (ax_img, ax_sp) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [1, 1.2]})
     ax_img.imshow(image.data, cmap="gray", extent=_extent(image))
     ax_img.set_xlabel("x (nm)")
     ax_img.set_ylabel("y (nm)")
     ax_img.set_title(
-        f"{image.detector.value.upper()} {image.pixels} × {image.n_rows} px, {image.dwell_s * 1e6:.1f} µs dwell"
+        f"{image_label or image.detector.value.upper()} {image.pixels} × {image.n_rows} px, "
+        f"{image.dwell_s * 1e6:.3g} µs dwell",
+        fontsize=9,
     )
     colors = plt.cm.tab10.colors
     for i, sp in enumerate(spectra):
@@ -42,12 +54,12 @@ def survey_figure(image: ImageRecord, spectra: list[SpectrumRecord], path: Path,
         ax_img.plot(sp.x_nm, sp.y_nm, "o", mfc="none", mec=c, ms=10, mew=2)
         ax_img.annotate(str(i), (sp.x_nm, sp.y_nm), color=c, xytext=(6, 6), textcoords="offset points")
         ax_sp.plot(sp.energy_eV, sp.counts, color=c, lw=1, label=f"{i}: ({sp.x_nm:.1f}, {sp.y_nm:.1f}) nm")
-    ax_sp.set_xlabel("energy loss (eV)")
+    ax_sp.set_xlabel(f"{energy_name} (eV)")
     ax_sp.set_ylabel("counts")
     ax_sp.set_yscale("symlog", linthresh=10)
     if spectra:
         ax_sp.legend(fontsize=8)
-    ax_sp.set_title("EELS at the marked positions")
+    ax_sp.set_title(f"{signal} at the marked positions")
     return _save(fig, path, title, dpi=110)
 
 
