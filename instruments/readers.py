@@ -69,6 +69,35 @@ class NoiseSpec(BaseModel):
         return NoiseModel(self.kind, self.gain, self.offset, why="given in the replay file")
 
 
+class InjectedFaults(BaseModel):
+    """Bad pixels put into a recording on purpose, to check that a campaign survives them (seeded)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nan_fraction: float = Field(0.0, ge=0, le=1, description="share of pixels whose spectrum reads NaN")
+    zero_fraction: float = Field(0.0, ge=0, le=1, description="share of pixels zeroed over the window")
+    zero_lo_eV: float | None = Field(None, description="the zeroed window (e.g. a pre-edge); default all")
+    zero_hi_eV: float | None = None
+    seed: int = 0
+
+    def apply(self, spectra: np.ndarray, energy_eV: np.ndarray) -> tuple[np.ndarray, set, set]:
+        """(spectra with the faults, NaN pixels, zeroed pixels); pixels are (row, col), disjoint."""
+        h, w = spectra.shape[:2]
+        cells = np.random.default_rng(self.seed).permutation(h * w)
+        k_nan, k_zero = int(round(self.nan_fraction * h * w)), int(round(self.zero_fraction * h * w))
+        nan_px = {divmod(int(i), w) for i in cells[:k_nan]}
+        zero_px = {divmod(int(i), w) for i in cells[k_nan : k_nan + k_zero]}
+        out = spectra.astype(np.float64, copy=True)
+        lo = -np.inf if self.zero_lo_eV is None else self.zero_lo_eV
+        hi = np.inf if self.zero_hi_eV is None else self.zero_hi_eV
+        band = (energy_eV >= lo) & (energy_eV <= hi)
+        for r, c in nan_px:
+            out[r, c] = np.nan
+        for r, c in zero_px:
+            out[r, c, band] = 0.0
+        return out, nan_px, zero_px
+
+
 class ReplaySource(BaseModel):
     """A replay file: a recording and what the person knows that the file does not say."""
 
@@ -82,6 +111,9 @@ class ReplaySource(BaseModel):
     energy_shift_eV: float = Field(0.0, allow_inf_nan=False, description="added to the file's energy offset")
     image_noise: NoiseSpec | None = Field(None, description="default: what the image's values support")
     spectrum_noise: NoiseSpec | None = Field(None, description="default: what the spectra's values support")
+    faults: InjectedFaults | None = Field(
+        None, description="bad pixels injected on purpose (robustness checks)"
+    )
 
 
 class RecordingError(ConfigError):
@@ -247,7 +279,16 @@ def read_replay_file(
         "image_noise": src.image_noise.model() if src.image_noise else None,
         "spectrum_noise": src.spectrum_noise.model() if src.spectrum_noise else None,
     }
-    return dataclasses.replace(rec, **noise, notes=(*rec.notes, f"replay file {path.name}"))
+    notes = [*rec.notes, f"replay file {path.name}"]
+    spectra = rec.spectra
+    if src.faults is not None:
+        if noise["spectrum_noise"] is None:  # the noise model of the recording as it was
+            noise["spectrum_noise"] = choose_noise(rec.spectra, "spectra")
+        c = rec.conditions
+        energy = c["energy_offset_eV"].value + c["dispersion_eV"].value * np.arange(rec.shape[2])
+        spectra, nan_px, zero_px = src.faults.apply(rec.spectra, energy)
+        notes.append(f"faults injected on purpose: {len(nan_px)} NaN pixels, {len(zero_px)} zeroed pixels")
+    return dataclasses.replace(rec, spectra=spectra, **noise, notes=tuple(notes))
 
 
 def _finish(rec: Recording, given: dict[str, float], shift: float) -> Recording:
@@ -655,6 +696,7 @@ def finish_image(rec: Recording) -> Recording:
 
 __all__ = [
     "ASSUMED",
+    "InjectedFaults",
     "NoiseSpec",
     "ReplaySource",
     "read_replay_file",
