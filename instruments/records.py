@@ -56,7 +56,24 @@ class _Request(BaseModel):
             raise InvalidRequest(*validation_field(exc)) from None
 
 
-class ImageRequest(_Request):
+class _Field:
+    """The field of an image request or record: ``pixels`` across ``fov_nm``, ``rows`` down."""
+
+    fov_nm: float
+    pixels: int
+    rows: int | None
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows or self.pixels
+
+    @property
+    def fov_y_nm(self) -> float:
+        """Height of the field (nm): square pixels."""
+        return self.fov_nm * self.n_rows / self.pixels
+
+
+class ImageRequest(_Field, _Request):
     """A scanned image centred on the current stage position: ``pixels`` across ``fov_nm``, and
     ``rows`` down (default ``pixels``: a square field), square pixels."""
 
@@ -180,7 +197,7 @@ def _meta(obj: Any, skip: str) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageRecord:
+class ImageRecord(_Field):
     """A scanned image. ``data`` is (rows, pixels) detector counts, row = y, column = x; the field is
     ``fov_nm`` wide and ``fov_y_nm`` tall (square pixels; ``rows`` None: a square field)."""
 
@@ -197,15 +214,6 @@ class ImageRecord:
     t_start_s: float  # instrument clock at scan start
     t_end_s: float  # instrument clock at scan end
     rows: int | None = None  # pixels down; None: pixels (a square field)
-
-    @property
-    def n_rows(self) -> int:
-        return self.rows or self.pixels
-
-    @property
-    def fov_y_nm(self) -> float:
-        """Height of the field (nm)."""
-        return self.fov_nm * self.n_rows / self.pixels
 
     @property
     def area_nm2(self) -> float:

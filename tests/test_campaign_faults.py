@@ -90,6 +90,13 @@ def test_bad_pixels_become_failed_measurements_and_the_map_is_measured_to_its_en
     assert all(math.isfinite(y) for y in result.y) and len(result.y) == m - 2
     assert complete["failed"] == 2 and complete["measurements"] == m
     assert result.mean is not None and np.all(np.isfinite(result.mean))
+    # a resume reads every step back: the same failures, nothing retaken, nothing logged twice
+    with RunStore.open_or_create(tmp_path / "run") as store:
+        n_acq = len(store.events("acquisition"))
+        again = run_campaign(ReplayMicroscope(si, seed=0), store, cfg)
+        assert len(store.events("acquisition")) == n_acq and len(store.events("measurement_failed")) == 2
+    assert [s.candidate for s in again.failed] == [s.candidate for s in result.failed]
+    assert again.visited == result.visited and again.y == result.y
 
 
 def test_a_model_that_fails_numerically_is_recovered_and_counted(tmp_path: Path, recording, monkeypatch):

@@ -353,7 +353,7 @@ class Campaign:
                         y, failed = scalarise(cfg.scalarizer, record)
                     except CorruptFrame as exc:  # retried by the Acquirer; still garbled: nothing stored
                         y, failed = math.nan, f"the frame stayed corrupt through every retry: {exc}"
-                    if failed is not None:
+                    if failed is not None and step_id not in done:  # a resume reads it back: logged once
                         log.warning("step %s at candidate %d: %s", step_id, cand, failed)
                         self.store.append_event(
                             "measurement_failed",
@@ -379,9 +379,8 @@ class Campaign:
                         self.store.append_event("campaign_stopped", reason=result.stop_reason, step=k)
                         log.info("campaign stopped after step %d: %s", k, result.stop_reason)
                         break
-                if (
-                    phase == "active" and failed is None and record is not None
-                ):  # the stuck monitor judges what the model chose
+                # the stuck monitor judges what the model chose
+                if phase == "active" and failed is None and record is not None:
                     y_sd = float(cfg.scalarizer.uncertainty(record))
                     if emit(stuck.update(k, y, report, y_sd=y_sd)):
                         break
