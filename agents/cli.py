@@ -284,6 +284,9 @@ def bench_discovery_cmd(
     keep: Annotated[
         Path | None, typer.Option(help="Write each seed's result (and its run store) here as it finishes.")
     ] = None,
+    figure: Annotated[
+        Path | None, typer.Option(help="Write the recall-against-dose curves (PNG) here.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Measurements to 50 % / 90 % recall of the target regions (raw and robust), per method (see README)."""
@@ -312,6 +315,10 @@ def bench_discovery_cmd(
                 keep_dir=keep,
                 progress=advance,
             )
+        if figure is not None and result["methods"]:
+            from autoscope.tools.figures import discovery_figure
+
+            log.info("recall against dose: %s", discovery_figure(result, figure))
         if as_json:
             typer.echo(json.dumps(result))
         else:

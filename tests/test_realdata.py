@@ -148,7 +148,10 @@ def test_bench_discovery_on_a_recording_reports_per_seed_and_holds_the_limits_li
         "--budget",
         "25",
     ]
-    res = runner.invoke(app, [*args, "--methods", "dkl,raster", "--keep", str(keep), "--json"])
+    fig = tmp_path / "discovery.png"
+    res = runner.invoke(
+        app, [*args, "--methods", "dkl,raster", "--keep", str(keep), "--figure", str(fig), "--json"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["candidates"] == 144 and out["top_fraction"] == 0.05 and out["errors"] == []
@@ -157,7 +160,7 @@ def test_bench_discovery_on_a_recording_reports_per_seed_and_holds_the_limits_li
         assert [s["seed"] for s in seeds] == [0, 1] and all(s["measurements"] == 25 for s in seeds)
         assert {"raw", "robust"} <= set(seeds[0]) and seeds[0]["raw"]["regions"] >= 0
         assert json.loads((keep / f"{method}-1.json").read_text())["seed"] == 1  # written as it finished
-    assert (keep / "discovery.json").is_file()
+    assert (keep / "discovery.json").is_file() and fig.stat().st_size > 10_000
     # a dose limit the survey alone exceeds: survey stops with exit 3, and so does the benchmark
     limits = _limits_file(tmp_path, max_total_dose_e=1e7)  # the survey alone delivers 2e7 e
     survey = runner.invoke(

@@ -295,3 +295,27 @@ def recording_figure(rec, path: Path) -> Path:
     assumed = ", ".join(rec.assumed()) or "none"
     b.set_title(f"{rec.signal_type or 'spectrum'}; assumed: {assumed}", fontsize=8)
     return _save(fig, path, rec.path.name, 110)
+
+
+def discovery_figure(result: dict, path: Path) -> Path:
+    """Information per dose: median recall against the cumulative areal dose, per method, for the
+    raw and the robust region definitions (``autoscope bench discovery --figure``)."""
+    defs = ("raw", "robust")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, d in zip(axes, defs, strict=True):
+        for m, r in result["methods"].items():
+            curve = np.asarray(r[d]["recall_vs_dose"], dtype=float)
+            if curve.size:
+                ax.plot(curve[:, 0], curve[:, 1], lw=1.5, label=m)
+        regions = result.get(f"regions_{d}", 0)
+        ax.set_title(f"{d} regions (median {regions:g})", fontsize=10)
+        ax.set_xlabel("cumulative dose (e/Å², survey included, field mean)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("recall (median over seeds)")
+    axes[0].legend(fontsize=8)
+    title = (
+        f"discovery on {Path(str(result['scenario'])).name}: {result['seeds']} seeds, "
+        f"{result.get('candidates', 0)} candidates, top {result['top_fraction']:.0%}"
+    )
+    return _save(fig, path, title, dpi=110)
