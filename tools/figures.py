@@ -303,13 +303,18 @@ def discovery_figure(result: dict, path: Path) -> Path:
     defs = ("raw", "robust")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, d in zip(axes, defs, strict=True):
+        survey = None
         for m, r in result["methods"].items():
             curve = np.asarray(r[d]["recall_vs_dose"], dtype=float)
             if curve.size:
-                ax.plot(curve[:, 0], curve[:, 1], lw=1.5, label=m)
+                # the spectra's dose after the survey (the survey's own is the same for every method)
+                step = curve[1, 0] - curve[0, 0] if len(curve) > 1 else 0.0
+                survey = curve[0, 0] - step
+                ax.plot(curve[:, 0] - survey, curve[:, 1], lw=1.5, label=m)
         regions = result.get(f"regions_{d}", 0)
         ax.set_title(f"{d} regions (median {regions:g})", fontsize=10)
-        ax.set_xlabel("cumulative dose (e/Å², survey included, field mean)")
+        note = "" if survey is None else f"; the survey's: {survey:.3g}"
+        ax.set_xlabel(f"spectra's dose (e/Å², field mean{note})")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("recall (median over seeds)")
