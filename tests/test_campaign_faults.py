@@ -14,6 +14,7 @@ import torch
 from autoscope.instruments.replay import ReplayMicroscope, load_spectrum_image
 from autoscope.tests.datasets import record_from_twin
 from autoscope.tools.campaign import CampaignConfig, run_campaign
+from autoscope.tools.figures import campaign_figure
 from autoscope.tools.ml.dkl import DKL
 from autoscope.tools.store import RunStore
 
@@ -90,6 +91,8 @@ def test_bad_pixels_become_failed_measurements_and_the_map_is_measured_to_its_en
     assert all(math.isfinite(y) for y in result.y) and len(result.y) == m - 2
     assert complete["failed"] == 2 and complete["measurements"] == m
     assert result.mean is not None and np.all(np.isfinite(result.mean))
+    png = campaign_figure(result, tmp_path / "campaign.png")  # failed measurements drawn, not a crash
+    assert png.stat().st_size > 10_000
     # a resume reads every step back: the same failures, nothing retaken, nothing logged twice
     with RunStore.open_or_create(tmp_path / "run") as store:
         n_acq = len(store.events("acquisition"))

@@ -66,17 +66,22 @@ def survey_figure(
 def campaign_figure(
     result: CampaignResult, path: Path, *, recall: np.ndarray | None = None, title: str = ""
 ) -> Path:
-    """Survey with the measured positions in order, the predicted map, and the curves over steps."""
+    """Survey with the measured positions in order (failed measurements as red crosses), the
+    predicted map, and the curves over steps."""
     survey, grid = result.survey, result.grid
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     extent = _extent(survey)
     ax = axes[0]
     ax.imshow(survey.data, cmap="gray", extent=extent)
-    if result.measured:
-        xy = grid.xy_nm[np.asarray(result.measured)]
+    if result.steps:
+        xy = grid.xy_nm[np.asarray(result.visited)]
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.arange(len(xy)), cmap="plasma", s=14, edgecolors="none")
         fig.colorbar(sc, ax=ax, label="measurement order")
-    ax.set_title(f"{len(result.measured)} measurements")
+    if result.failed:
+        bad = grid.xy_nm[[s.candidate for s in result.failed]]
+        ax.scatter(bad[:, 0], bad[:, 1], marker="x", c="red", s=22, label=f"{len(bad)} failed")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"{len(result.steps)} measurements")
     ax.set_xlabel("x (nm)")
     ax.set_ylabel("y (nm)")
 
@@ -96,13 +101,14 @@ def campaign_figure(
     ax.set_xlabel("x (nm)")
 
     ax = axes[2]
-    steps = np.arange(1, len(result.y) + 1)
+    steps = np.arange(1, len(result.steps) + 1)
     if recall is not None:
         ax.plot(steps, recall, color="C0", label="recall of target regions")
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("recall")
-    else:
-        best = np.maximum.accumulate(result.y) if result.y else np.array([])
+    else:  # failed measurements (NaN) leave the best so far where it was
+        y = np.array([s.y for s in result.steps], dtype=float)
+        best = np.fmax.accumulate(y) if y.size else y
         ax.plot(steps, best, color="C0", label="best signal so far")
         ax.set_ylabel("signal")
     std = [s.mean_std for s in result.steps]
