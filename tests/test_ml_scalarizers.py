@@ -134,7 +134,7 @@ def test_windows_are_validated_with_the_field_named(plasmonic):
     with pytest.raises(ValidationError, match="hi_eV"):
         BandIntensity(lo_eV=2.0, hi_eV=1.0)
     with pytest.raises(ValidationError, match="lo_eV"):
-        PeakPosition(lo_eV=-80.0, hi_eV=1.0)
+        PeakPosition(lo_eV=-1500.0, hi_eV=1.0)  # below the request range (-1 keV)
     with pytest.raises(ValidationError, match="b_hi_eV"):
         PeakRatio(a_lo_eV=1.0, a_hi_eV=2.0, b_lo_eV=3.0, b_hi_eV=3.0)
     with pytest.raises(ValidationError, match="pre_lo_eV"):

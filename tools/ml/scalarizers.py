@@ -49,13 +49,21 @@ def _smooth(counts: np.ndarray, smooth_eV: float, dispersion_eV: float) -> np.nd
     return gaussian_filter1d(counts, sigma, mode="nearest") if sigma > 0.3 else counts
 
 
-def _scaled_counts(record: SpectrumRecord, normalize: str) -> np.ndarray:
-    c = np.asarray(record.counts, dtype=np.float64)
+def _norm_factor(record: SpectrumRecord, normalize: str) -> float:
+    """What the counts are multiplied by: 1/electrons (``dose``), 1/their sum (``total``), or 1."""
     if normalize == "dose":
-        return c / record.dose_e
+        return 1.0 / record.dose_e
     if normalize == "total":
-        return c / max(float(c.sum()), 1e-300)
-    return c
+        return 1.0 / max(float(np.sum(record.counts)), 1e-300)
+    return 1.0
+
+
+def _scaled_counts(record: SpectrumRecord, normalize: str) -> np.ndarray:
+    return np.asarray(record.counts, dtype=np.float64) * _norm_factor(record, normalize)
+
+
+#: a pre-edge fit rising by more than this many standard errors of its slope is refused
+RISING_SE = 3.0
 
 
 def power_law_background(energy_eV: np.ndarray, counts: np.ndarray, pre: np.ndarray) -> np.ndarray:
@@ -65,8 +73,14 @@ def power_law_background(energy_eV: np.ndarray, counts: np.ndarray, pre: np.ndar
     least squares, started from the log-log least-squares line), so channels with zero counts
     take part: a log-log fit has to drop them, which biases the background upward — and the
     signal above it downward — when a channel holds a few counts. The estimating equations
-    are unchanged by a constant scale, so dose-normalised counts fit the same way.
-    ValueError when fewer than 3 channels of the window are positive or E ≤ 0.
+    are unchanged by a constant scale, so dose-normalised counts fit the same way; pass raw
+    counts for the check below to read them as Poisson.
+    ValueError when fewer than 3 channels of the window are positive or E ≤ 0, and when the
+    fitted counts *rise* with energy by more than ``RISING_SE`` standard errors of the slope:
+    a background falls (A·E^-r, r > 0), so a significantly rising pre-edge window holds
+    signal, an artefact or dark-subtracted data, and extrapolating it under the band gives
+    numbers that mean nothing (on a real dark-subtracted EELS map, −0.7 to −3.6·10¹⁹ against
+    band signals of 10⁻⁴).
     """
     e, c = energy_eV[pre], np.asarray(counts[pre], dtype=np.float64)
     ok = (c > 0) & (e > 0)
@@ -83,6 +97,14 @@ def power_law_background(energy_eV: np.ndarray, counts: np.ndarray, pre: np.ndar
         beta = beta + step
         if np.max(np.abs(step)) < 1e-10:
             break
+    mu = np.exp(np.clip(design @ beta, -700, 700))
+    cov = np.linalg.pinv(design.T @ (design * mu[:, None]))  # Poisson information of (log A, -r)
+    slope_se = math.sqrt(max(float(cov[1, 1]), 0.0))
+    if not np.all(np.isfinite(beta)) or beta[1] > RISING_SE * slope_se:
+        raise ValueError(
+            f"power-law background: the counts rise over the pre-edge window (r = {-beta[1]:.3g} ± "
+            f"{slope_se:.2g}; a background falls): it holds signal or is not counts (dark-subtracted?)"
+        )
     out = np.zeros_like(energy_eV, dtype=np.float64)
     pos = energy_eV > 0
     out[pos] = np.exp(beta[0] + beta[1] * (np.log(energy_eV[pos]) - x.mean()))
@@ -181,7 +203,9 @@ class BandIntensity(_Scalarizer):
         y = _scaled_counts(record, self.normalize)
         if self.background == "power_law":
             pre = _window(record, *self.pre_window(), "pre_lo_eV/pre_hi_eV")
-            sig = y[idx] - power_law_background(e, y, pre)[idx]
+            raw = np.asarray(record.counts, dtype=np.float64)
+            # fitted on the counts as detected (their Poisson errors), then normalised like y
+            sig = y[idx] - _norm_factor(record, self.normalize) * power_law_background(e, raw, pre)[idx]
         elif self.background == "linear":
             sig = y[idx] - _linear_background(e, y, idx)
         else:
