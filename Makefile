@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUNS   ?= runs
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo realdata-bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ test: lint
 
 demo: setup
 	$(BIN)/autoscope run --scenario plasmonic --out $(RUNS)/demo-$$(date +%Y%m%d-%H%M%S)
+
+# The README's table of discovery on the shared real recordings (../shared/realdata): ~35 min
+REALDATA := SiO2_EDS_SI core_shell_EDS_SI MAPbI3_EELS_SI Si_EDS_SI_velox
+realdata-bench: setup
+	mkdir -p $(RUNS)/realdata
+	for n in $(REALDATA); do \
+	  $(BIN)/autoscope bench discovery --replay evals/realdata/$$n.replay.yaml \
+	    --campaign evals/realdata/$$n.campaign.yaml --seeds 5 --budget 400 \
+	    --keep $(RUNS)/realdata/$$n --figure $(RUNS)/realdata/$$n-discovery.png --json \
+	    > $(RUNS)/realdata/$$n.json || exit $$?; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
