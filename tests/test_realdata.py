@@ -62,7 +62,7 @@ def test_the_default_survey_reproduces_the_recorded_image(tmp_path: Path, name: 
 
 #: budgets here: the whole map where it is small; 400 on every map is the command in the README
 #: ("Campaigns on the real recordings"), too slow for the suite
-BUDGETS = {"MAPbI3_EELS_SI": 150, "Si_EDS_SI_velox": 400, "STO_EELS_spectrum": 16}
+BUDGETS = {"MAPbI3_EELS_SI": 100, "Si_EDS_SI_velox": 400, "STO_EELS_spectrum": 16}
 
 
 @pytest.mark.parametrize("name", NAMES)
