@@ -88,14 +88,6 @@ class ImageRequest(_Field, _Request):
         description="pixels down (default: pixels); the field is fov_nm · rows / pixels tall",
     )
 
-    @property
-    def n_rows(self) -> int:
-        return self.rows or self.pixels
-
-    @property
-    def fov_y_nm(self) -> float:
-        return self.fov_nm * self.n_rows / self.pixels
-
     def rows_kwargs(self) -> dict[str, int]:
         """``{"rows": rows}`` for a backend call when the field is not square, else nothing (so a
         backend that scans square fields only is called as before)."""

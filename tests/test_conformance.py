@@ -99,6 +99,22 @@ def test_starts_blanked_and_refuses_to_acquire_while_blanked(scope):
     assert scope.status().acquisitions == before + 1
 
 
+def test_a_rectangular_field_has_its_rows_its_height_and_its_dose(scope):
+    """``rows`` down beside ``pixels`` across (square pixels), the same on every backend, wire included."""
+    scope.unblank_beam()
+    fov_nm, rows = _fov_nm(scope), PIXELS // 2
+    rec = scope.acquire_image(fov_nm, PIXELS, DWELL_S, rows=rows)
+    assert rec.data.shape == (rows, PIXELS) and rec.data.std() > 0
+    assert (rec.rows, rec.fov_y_nm, rec.pixel_size_nm) == (rows, fov_nm / 2, fov_nm / PIXELS)
+    assert rec.dose_e >= electrons(rec.current_pA, rows * PIXELS * DWELL_S)
+    assert rec.dose_e_per_A2 == pytest.approx(rec.dose_e / (fov_nm * fov_nm / 2 * NM2_TO_A2), rel=1e-6)
+    x, y = rec.pixel_to_nm(rows - 1, PIXELS - 1)  # the last pixel's centre, half a pixel inside
+    cx, cy = scope.stage_position_nm()
+    assert (x, y) == pytest.approx(
+        (cx + fov_nm / 2 - rec.pixel_size_nm / 2, cy + fov_nm / 4 - rec.pixel_size_nm / 2)
+    )
+
+
 def test_image_record_fields(scope):
     scope.unblank_beam()
     fov_nm = _fov_nm(scope)
