@@ -1,4 +1,4 @@
-"""``autoscope bench science``: verdicts of whole runs against the twin's ground truth."""
+"""``autoscope bench discovery``, ``science`` and ``score``: methods and verdicts against ground truth."""
 
 from __future__ import annotations
 
@@ -126,3 +126,97 @@ def score(
                 typer.echo(
                     f"goal: {shape}s host the band: said {d['said']}, truth {'yes' if d['truth'] else 'no'}"
                 )
+
+
+def discovery(
+    scenario: Annotated[str | None, typer.Option(help="Simulated scenario.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (medians are reported).")] = 5,
+    budget: Annotated[int, typer.Option(min=1, help="Spectra per campaign.")] = 150,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "dkl,gp,random,raster",
+    campaign_file: Annotated[Path | None, typer.Option("--campaign", help="Campaign file.")] = None,
+    replay: Annotated[
+        Path | None, typer.Option(help="Benchmark on a recorded spectrum image (or a replay file).")
+    ] = None,
+    limits: Annotated[Path | None, typer.Option(help="Safety limits file (default: settings).")] = None,
+    top_fraction: Annotated[
+        float, typer.Option(help="Share of candidates whose true signal defines the targets.")
+    ] = 0.05,
+    keep: Annotated[
+        Path | None, typer.Option(help="Write each seed's result (and its run store) here as it finishes.")
+    ] = None,
+    figure: Annotated[
+        Path | None, typer.Option(help="Write the recall-against-dose curves (PNG) here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Measurements to 50 % / 90 % recall of the target regions (raw and robust), per method (see README)."""
+    from autoscope.agents.cli import EXIT_STOPPED, _cli_errors, _limits, _progress, err, log
+    from autoscope.evals.discovery import bench_discovery
+    from autoscope.tools.campaign import METHODS
+
+    with _cli_errors():
+        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = sorted(set(chosen) - set(METHODS))
+        if unknown:
+            raise ConfigError("methods", f"unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        name = scenario or (None if replay else "plasmonic")
+        safety = _limits(limits)
+        with _progress("bench", seeds * budget * len(chosen)) as advance:
+            result = bench_discovery(
+                name,
+                seeds,
+                budget,
+                methods=chosen,
+                campaign=campaign_file,
+                replay=replay,
+                limits=safety,
+                top_fraction=top_fraction,
+                keep_dir=keep,
+                progress=advance,
+            )
+        if figure is not None and result["methods"]:
+            from autoscope.tools.figures import discovery_figure
+
+            log.info("recall against dose: %s", discovery_figure(result, figure))
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            _discovery_table(result, seeds, budget, top_fraction)
+    stops = [e for e in result["errors"] if e["safety_stop"]]
+    if stops:  # like survey: a campaign stopped by the limits exits 3 (the others' results above)
+        err.print(f"[yellow]{len(stops)} campaign(s) stopped at a safety limit[/yellow]", highlight=False)
+        raise typer.Exit(EXIT_STOPPED)
+
+
+def _discovery_table(result: dict, seeds: int, budget: int, top_fraction: float) -> None:
+    """The discovery result as a table: one row per method and region definition."""
+    from autoscope.agents.cli import err
+    from autoscope.evals.discovery import DEFINITIONS
+
+    table = Table(
+        "method",
+        "regions",
+        "to 50 %",
+        "to 90 %",
+        "recall at budget",
+        "dose (e/Å²)",
+        "step (ms)",
+        "failed",
+        title=f"discovery on {result['scenario']}: {seeds} seeds, budget {budget}, "
+        f"{result.get('candidates', 0)} candidates, top {top_fraction:.0%}",
+    )
+    for m, r in result["methods"].items():
+        for d in DEFINITIONS:
+            table.add_row(
+                f"{m} ({d})",
+                f"{r[d]['regions']:g}",
+                str(r[d]["to_recall_50"]),
+                str(r[d]["to_recall_90"]),
+                "—" if r[d]["recall_at_budget"] is None else f"{r[d]['recall_at_budget']:.2f}",
+                f"{r['dose_e_per_A2']:.3g}",
+                f"{r['step_latency_ms']:.1f}",
+                str(r["failed_measurements"]),
+            )
+    Console().print(table)
+    for e in result["errors"]:
+        err.print(f"[red]{e['method']} seed {e['seed']} failed:[/red] {e['error']}", highlight=False)

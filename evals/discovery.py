@@ -236,10 +236,8 @@ def run_one(
             scope = SafeMicroscope(
                 inner, limits or SafetyLimits(), on_event=lambda e: store.append_event(**e)
             )
-            steps: list[StepInfo] = []
 
-            def on_step(info: StepInfo) -> None:
-                steps.append(info)
+            def on_step(_info: StepInfo) -> None:
                 if progress:
                     progress(1)
 

@@ -5,10 +5,9 @@ Readers: RosettaSciIO for DigitalMicrograph (``.dm3``/``.dm4``), Velox and other
 ``Measurement_*/Channel_*`` group with ``Raw_Data``, ``Position_*`` and
 ``Spectroscopic_*``); the project's own ``.h5``/``.npz`` layout (``replay.save_spectrum_image``).
 
-A **replay file** (``.yaml``/``.yml``/``.toml``/``.json``, ``ReplaySource``) names a recording
-and what the person knows about it that the file does not say: the survey image's file,
-conditions, an energy recalibration, how each stream is resampled. Wherever a command takes
-``--replay``, a replay file works as well as the recording itself.
+A **replay file** (``.yaml``/``.yml``/``.toml``/``.json``; ``replay_files.py``) names a
+recording and what the person knows about it that the file does not say; ``read_recording``
+reads one as well as the recording itself.
 
 Every recording condition the replay needs (pixel size, energy axis, dwell, beam current)
 comes back as a ``Condition`` that says whether it was read from the file (and from which
@@ -28,14 +27,13 @@ from typing import Any, Literal
 
 import h5py
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from autoscope.instruments.conditions import Condition, Source, conditions_from, flat_metadata
 from autoscope.instruments.errors import ConfigError
 from autoscope.instruments.replay import SCALARS, NoiseModel, SpectrumImage, choose_noise, load_spectrum_image
 
 log = logging.getLogger(__name__)
 
-Source = Literal["file", "given", "assumed"]
 
 #: values used when a file has none, each marked ``assumed`` with this reason
 ASSUMED = {
@@ -56,79 +54,9 @@ REPLAY_FILE_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 GIVEN = ("dwell_s", "spectrum_dwell_s", "current_pA", "pixel_size_nm", "energy_offset_eV", "dispersion_eV")
 
 
-class NoiseSpec(BaseModel):
-    """How a replay resamples one stream (``replay.NoiseModel``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["poisson", "none"]
-    gain: float = Field(1.0, gt=0, description="recorded value per detected count")
-    offset: float = Field(0.0, allow_inf_nan=False, description="black level, not scaled with the dose")
-
-    def model(self) -> NoiseModel:
-        return NoiseModel(self.kind, self.gain, self.offset, why="given in the replay file")
-
-
-class InjectedFaults(BaseModel):
-    """Bad pixels put into a recording on purpose, to check that a campaign survives them (seeded)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    nan_fraction: float = Field(0.0, ge=0, le=1, description="share of pixels whose spectrum reads NaN")
-    zero_fraction: float = Field(0.0, ge=0, le=1, description="share of pixels zeroed over the window")
-    zero_lo_eV: float | None = Field(None, description="the zeroed window (e.g. a pre-edge); default all")
-    zero_hi_eV: float | None = None
-    seed: int = 0
-
-    def apply(self, spectra: np.ndarray, energy_eV: np.ndarray) -> tuple[np.ndarray, set, set]:
-        """(spectra with the faults, NaN pixels, zeroed pixels); pixels are (row, col), disjoint."""
-        h, w = spectra.shape[:2]
-        cells = np.random.default_rng(self.seed).permutation(h * w)
-        k_nan, k_zero = int(round(self.nan_fraction * h * w)), int(round(self.zero_fraction * h * w))
-        nan_px = {divmod(int(i), w) for i in cells[:k_nan]}
-        zero_px = {divmod(int(i), w) for i in cells[k_nan : k_nan + k_zero]}
-        out = spectra.astype(np.float64, copy=True)
-        lo = -np.inf if self.zero_lo_eV is None else self.zero_lo_eV
-        hi = np.inf if self.zero_hi_eV is None else self.zero_hi_eV
-        band = (energy_eV >= lo) & (energy_eV <= hi)
-        for r, c in nan_px:
-            out[r, c] = np.nan
-        for r, c in zero_px:
-            out[r, c, band] = 0.0
-        return out, nan_px, zero_px
-
-
-class ReplaySource(BaseModel):
-    """A replay file: a recording and what the person knows that the file does not say."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    file: Path = Field(description="the recording (relative to the replay file)")
-    image: Path | None = Field(None, description="the survey image of the same field, from a second file")
-    conditions: dict[str, float] = Field(
-        default_factory=dict, description=f"conditions known better than the file: {', '.join(GIVEN)}"
-    )
-    energy_shift_eV: float = Field(0.0, allow_inf_nan=False, description="added to the file's energy offset")
-    image_noise: NoiseSpec | None = Field(None, description="default: what the image's values support")
-    spectrum_noise: NoiseSpec | None = Field(None, description="default: what the spectra's values support")
-    faults: InjectedFaults | None = Field(
-        None, description="bad pixels injected on purpose (robustness checks)"
-    )
-
-
 class RecordingError(ConfigError):
     """A file that cannot be read as a spectrum image: ``field`` names what is wrong (``file``, a
     condition, an axis), ``path`` the file (exit code 2 on the command line)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Condition:
-    value: float
-    source: Source
-    where: str  # the file's field it came from, or why it was assumed
-
-    def describe(self) -> str:
-        return f"{self.value:.6g} ({self.source}: {self.where})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +79,12 @@ class Recording:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.spectra.shape)  # type: ignore[return-value]
+
+    @property
+    def energy_eV(self) -> np.ndarray:
+        """The spectral axis (eV) of the channels."""
+        c = self.conditions
+        return c["energy_offset_eV"].value + c["dispersion_eV"].value * np.arange(self.shape[2])
 
     def assumed(self) -> list[str]:
         return [k for k, c in self.conditions.items() if c.source == "assumed"]
@@ -183,9 +117,7 @@ class Recording:
     def report(self) -> dict[str, Any]:
         """What ``autoscope data inspect`` prints (JSON-ready)."""
         h, w, e = self.shape
-        energy = self.conditions["energy_offset_eV"].value + self.conditions[
-            "dispersion_eV"
-        ].value * np.arange(e)
+        energy = self.energy_eV
         return {
             "file": str(self.path),
             "reader": self.reader,
@@ -236,6 +168,8 @@ def read_recording(
         raise RecordingError("file", "no such file", str(path))
     suffix = path.suffix.lower()
     if suffix in REPLAY_FILE_SUFFIXES:
+        from autoscope.instruments.replay_files import read_replay_file  # it reads through this function
+
         return read_replay_file(path, image_path=image_path, given=given, energy_shift_eV=energy_shift_eV)
     if suffix in RSCIIO_SUFFIXES:
         rec = _read_rsciio(path)
@@ -248,47 +182,6 @@ def read_recording(
     if image_path is not None:
         rec = _with_image(rec, Path(image_path))
     return finish_image(_finish(rec, given or {}, energy_shift_eV))
-
-
-def read_replay_file(
-    path: Path,
-    *,
-    image_path: str | Path | None = None,
-    given: dict[str, float] | None = None,
-    energy_shift_eV: float = 0.0,
-) -> Recording:
-    """The recording a replay file names, with its conditions, shift and noise models applied
-    (what the caller passes on top wins over the file's)."""
-    from autoscope.instruments.config_files import load_model
-
-    src = load_model(ReplaySource, path, "replay")
-    base = path.parent
-    data = src.file if src.file.is_absolute() else base / src.file
-    if data.suffix.lower() in REPLAY_FILE_SUFFIXES:
-        raise RecordingError("file", "a replay file names a recording, not another replay file", str(path))
-    image = image_path or (
-        None if src.image is None else (src.image if src.image.is_absolute() else base / src.image)
-    )
-    rec = read_recording(
-        data,
-        image_path=image,
-        given={**src.conditions, **(given or {})},
-        energy_shift_eV=src.energy_shift_eV + energy_shift_eV,
-    )
-    noise = {
-        "image_noise": src.image_noise.model() if src.image_noise else None,
-        "spectrum_noise": src.spectrum_noise.model() if src.spectrum_noise else None,
-    }
-    notes = [*rec.notes, f"replay file {path.name}"]
-    spectra = rec.spectra
-    if src.faults is not None:
-        if noise["spectrum_noise"] is None:  # the noise model of the recording as it was
-            noise["spectrum_noise"] = choose_noise(rec.spectra, "spectra")
-        c = rec.conditions
-        energy = c["energy_offset_eV"].value + c["dispersion_eV"].value * np.arange(rec.shape[2])
-        spectra, nan_px, zero_px = src.faults.apply(rec.spectra, energy)
-        notes.append(f"faults injected on purpose: {len(nan_px)} NaN pixels, {len(zero_px)} zeroed pixels")
-    return dataclasses.replace(rec, spectra=spectra, **noise, notes=tuple(notes))
 
 
 def _finish(rec: Recording, given: dict[str, float], shift: float) -> Recording:
@@ -331,25 +224,27 @@ def _finish(rec: Recording, given: dict[str, float], shift: float) -> Recording:
 
 
 # ----------------------------------------------------------------------- RosettaSciIO
-def _rsciio_logging() -> None:
-    """RosettaSciIO logs through its own handler on stdout (it would corrupt ``--json`` output):
-    its records go through the application's logging instead."""
-    logger = logging.getLogger("rsciio")
-    for h in list(logger.handlers):
-        if getattr(h, "stream", None) is sys.stdout:
-            logger.removeHandler(h)
-
-
-def _read_rsciio(path: Path) -> Recording:
+def _rsciio_entries(path: Path, field: str) -> list[dict]:
+    """What RosettaSciIO's plugin for ``path``'s suffix reads from it; a ``RecordingError`` naming
+    ``field`` when it cannot. RosettaSciIO logs through its own handler on stdout (it would corrupt
+    ``--json`` output): that handler is removed, its records go through the application's logging."""
     import importlib
 
     plugin = RSCIIO_SUFFIXES[path.suffix.lower()]
     reader = importlib.import_module(f"rsciio.{plugin}").file_reader
-    _rsciio_logging()
+    logger = logging.getLogger("rsciio")
+    for h in list(logger.handlers):
+        if getattr(h, "stream", None) is sys.stdout:
+            logger.removeHandler(h)
     try:
-        entries = reader(str(path))
+        return reader(str(path))
     except Exception as exc:  # the plugins raise a variety of exceptions for unreadable files
-        raise RecordingError("file", f"RosettaSciIO ({plugin}) cannot read it: {exc}", str(path)) from exc
+        raise RecordingError(field, f"RosettaSciIO ({plugin}) cannot read it: {exc}", str(path)) from exc
+
+
+def _read_rsciio(path: Path) -> Recording:
+    plugin = RSCIIO_SUFFIXES[path.suffix.lower()]
+    entries = _rsciio_entries(path, "file")
     si = [e for e in entries if _nav_sig(e) == (2, 1)]
     single = [e for e in entries if _nav_sig(e) == (0, 1)]
     cond: dict[str, Condition] = {}
@@ -402,10 +297,10 @@ def _read_rsciio(path: Path) -> Recording:
         float(sa.get("scale", 1.0)) * k, "file", f"axis {sa.get('name')!r} scale ({_unit(sa)})"
     )
     meta = {
-        **_flat(e.get("metadata", {})),
-        **{f"original.{p}": v for p, v in _flat(e.get("original_metadata", {})).items()},
+        **flat_metadata(e.get("metadata", {})),
+        **{f"original.{p}": v for p, v in flat_metadata(e.get("original_metadata", {})).items()},
     }
-    cond.update(_conditions_from(meta, notes))
+    cond.update(conditions_from(meta, notes))
     images = [x for x in entries if _nav_sig(x) == (0, 2)]
     image, image_source = _grid_image(images, spectra.shape[:2], path, notes)
     sig = str(e.get("metadata", {}).get("Signal", {}).get("signal_type", "") or "")
@@ -442,59 +337,6 @@ def _length_nm(a: dict) -> float:
             "axes", f"scan axis {a.get('name')!r} in {_unit(a)!r}: not a length unit (nm, µm, Å)"
         )
     return float(a.get("scale", 1.0)) * k
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    else:
-        out[prefix] = d
-    return out
-
-
-#: (metadata path suffix, condition, factor to the condition's unit)
-_META = (
-    ("Acquisition_instrument.TEM.beam_current", "current_pA", 1e3),  # nA
-    ("Probe Current (nA)", "current_pA", 1e3),
-    ("Optics.BeamCurrent", "current_pA", 1e12),  # A
-    ("Optics.ScreenCurrent", "current_pA", 1e12),  # A (the screen reading of the beam current)
-    ("Acquisition_instrument.TEM.Detector.EELS.dwell_time", "spectrum_dwell_s", 1.0),
-    ("Scan.DwellTime", "spectrum_dwell_s", 1.0),
-    ("EDS.Acquisition.Exposure (s)", "spectrum_dwell_s", 1.0),
-    ("EELS.Acquisition.Exposure (s)", "spectrum_dwell_s", 1.0),
-    # pycroscopy USID channel attributes (DigitalMicrograph tags flattened with hyphens)
-    ("SI-Acquisition-Pixel-time-(s)", "spectrum_dwell_s", 1.0),
-    ("EELS-Acquisition-Exposure-(s)", "spectrum_dwell_s", 1.0),
-    ("Microscope-Info-Probe-Current-(nA)", "current_pA", 1e3),
-)
-
-
-def _conditions_from(meta: dict[str, Any], notes: list[str]) -> dict[str, Condition]:
-    out: dict[str, Condition] = {}
-    for suffix, name, factor in _META:
-        if name in out:
-            continue
-        for p, v in meta.items():
-            if not p.endswith(suffix):
-                continue
-            try:
-                x = float(v) * factor
-            except (TypeError, ValueError):
-                continue
-            if x > 0 and np.isfinite(x):
-                out[name] = Condition(x, "file", p)
-                break
-            notes.append(f"{name}: the file's {p} is {_num(v)}: not used")
-    return out
-
-
-def _num(v: Any) -> str:
-    try:
-        return f"{float(v):g}"
-    except (TypeError, ValueError):
-        return repr(v)
 
 
 def _grid_image(
@@ -535,11 +377,7 @@ def _with_image(rec: Recording, image_path: Path) -> Recording:
         raise RecordingError(
             "image", f"a survey image is read from {', '.join(RSCIIO_SUFFIXES)}", str(image_path)
         )
-    import importlib
-
-    reader = importlib.import_module(f"rsciio.{RSCIIO_SUFFIXES[suffix]}").file_reader
-    _rsciio_logging()
-    entries = [e for e in reader(str(image_path)) if _nav_sig(e) == (0, 2)]
+    entries = [e for e in _rsciio_entries(image_path, "image") if _nav_sig(e) == (0, 2)]
     h, w = rec.spectra.shape[:2]
     px = rec.conditions.get("pixel_size_nm")
     for e in entries:  # a second file must show the same field, not only a grid that tiles
@@ -665,7 +503,7 @@ def _read_usid(path: Path) -> Recording:
         raise RecordingError("dispersion_eV", "the spectroscopic values are not evenly spaced", str(path))
     cond["energy_offset_eV"] = Condition(float(spec[0]) * ke, "file", "Spectroscopic_Values[0]")
     cond["dispersion_eV"] = Condition(float(d[0]) * ke, "file", "Spectroscopic_Values step")
-    cond.update(_conditions_from(attrs, notes))
+    cond.update(conditions_from(attrs, notes))
     images = [] if adf is None else [{"data": adf[0], "metadata": {"General": {"title": f"{adf[1]}/Image"}}}]
     image, source = _grid_image(images, hw, path, notes)
     return Recording(path, "usid (h5py)", spectra, image, source, "EELS", "Loss", cond, tuple(notes))
@@ -696,10 +534,7 @@ def finish_image(rec: Recording) -> Recording:
 
 __all__ = [
     "ASSUMED",
-    "InjectedFaults",
-    "NoiseSpec",
-    "ReplaySource",
-    "read_replay_file",
+    "Source",
     "Condition",
     "Recording",
     "RecordingError",

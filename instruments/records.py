@@ -56,7 +56,7 @@ class _Request(BaseModel):
             raise InvalidRequest(*validation_field(exc)) from None
 
 
-class _Field:
+class ImageField:
     """The field of an image request or record: ``pixels`` across ``fov_nm``, ``rows`` down."""
 
     fov_nm: float
@@ -72,8 +72,13 @@ class _Field:
         """Height of the field (nm): square pixels."""
         return self.fov_nm * self.n_rows / self.pixels
 
+    def rows_kwargs(self) -> dict[str, int]:
+        """``{"rows": rows}`` for a backend call when the field is not square, else nothing (so a
+        backend that scans square fields only is called as before)."""
+        return {} if self.rows is None or self.rows == self.pixels else {"rows": self.rows}
 
-class ImageRequest(_Field, _Request):
+
+class ImageRequest(ImageField, _Request):
     """A scanned image centred on the current stage position: ``pixels`` across ``fov_nm``, and
     ``rows`` down (default ``pixels``: a square field), square pixels."""
 
@@ -87,11 +92,6 @@ class ImageRequest(_Field, _Request):
         le=4096,
         description="pixels down (default: pixels); the field is fov_nm · rows / pixels tall",
     )
-
-    def rows_kwargs(self) -> dict[str, int]:
-        """``{"rows": rows}`` for a backend call when the field is not square, else nothing (so a
-        backend that scans square fields only is called as before)."""
-        return {} if self.rows is None or self.rows == self.pixels else {"rows": self.rows}
 
 
 class SpectrumRequest(_Request):
@@ -189,7 +189,7 @@ def _meta(obj: Any, skip: str) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageRecord(_Field):
+class ImageRecord(ImageField):
     """A scanned image. ``data`` is (rows, pixels) detector counts, row = y, column = x; the field is
     ``fov_nm`` wide and ``fov_y_nm`` tall (square pixels; ``rows`` None: a square field)."""
 

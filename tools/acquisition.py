@@ -18,7 +18,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from autoscope.instruments.errors import AcquisitionFailed, ConnectionLost, InstrumentTimeout
 from autoscope.instruments.integrity import frame_is_corrupt
 from autoscope.instruments.protocols import Microscope
-from autoscope.instruments.records import Detector, ImageRecord, SpectrumRecord
+from autoscope.instruments.records import Detector, ImageRecord, ImageRequest, SpectrumRecord
 from autoscope.tools.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,12 @@ class Acquirer:
     ) -> ImageRecord:
         """The image of ``step_id``: from the store when already acquired, else acquired and stored.
         ``rows``: pixels down when the field is not square."""
-        shape = {} if rows is None or rows == pixels else {"rows": rows}
+        req = ImageRequest.checked(
+            fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows
+        )
         return self._step(
             step_id,
-            lambda: self.microscope.acquire_image(fov_nm, pixels, dwell_s, detector, **shape),
+            lambda: self.microscope.acquire_image(fov_nm, pixels, dwell_s, detector, **req.rows_kwargs()),
             self.store.save_image,
             extra,
         )

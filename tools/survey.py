@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from autoscope.instruments.errors import InvalidRequest
 from autoscope.instruments.protocols import Microscope
-from autoscope.instruments.records import Capabilities, ImageRecord, SpectrumRecord
+from autoscope.instruments.records import Capabilities, ImageField, ImageRecord, SpectrumRecord
 from autoscope.tools.acquisition import Acquirer
 from autoscope.tools.store import RunStore
 
@@ -32,7 +32,7 @@ def spectrum_step(i: int) -> str:
     return f"survey-spectrum-{i:02d}"
 
 
-class SurveyPlan(BaseModel):
+class SurveyPlan(ImageField, BaseModel):
     """What a survey acquires. Units in the names; every field validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,11 +54,6 @@ class SurveyPlan(BaseModel):
         if self.energy_max_eV <= self.energy_min_eV:
             raise ValueError("energy_max_eV must be greater than energy_min_eV")
         return self
-
-    @property
-    def fov_y_nm(self) -> float:
-        """Height of the field (nm): square pixels."""
-        return self.fov_nm * (self.rows or self.pixels) / self.pixels
 
     def check_against(self, caps: Capabilities, center_nm: tuple[float, float]) -> None:
         """Refuse a plan the instrument cannot carry out, naming the field."""
