@@ -154,11 +154,16 @@ def _short(exc: Exception) -> str:
 
 
 def gate_update(resp: GateResponse, decision: Decision, update: dict[str, Any]) -> GraphState:
-    """The state update every gate returns: the outcome for routing, the decision, feedback."""
+    """The state update every gate returns: the outcome for routing, the decision, feedback.
+
+    Routing reads ``last_gate``, which is the logged decision's action and nothing else: a gate
+    that cannot act on an answer refuses it (``validate``) instead of acting on another."""
+    if update.keys() & {"last_gate", "decisions"}:
+        raise ValueError("a gate's update cannot set the routed action or the decisions itself")
     feedback = (
         resp.instruction if resp.action == "redirect" else resp.reason if resp.action == "reject" else None
     )
-    out: GraphState = {"last_gate": resp.action, "decisions": [decision.model_dump()], **update}
+    out: GraphState = {"last_gate": decision.action, "decisions": [decision.model_dump()], **update}
     if feedback:
         out["feedback"] = feedback
     return out

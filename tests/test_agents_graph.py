@@ -33,6 +33,15 @@ def assert_store_consistent(run_dir: Path) -> None:
         assert set(f.keys()) == set(ids)
 
 
+def assert_log_matches_state(run_dir: Path, summary: dict) -> None:
+    """Every decision in the event log is the one in the state the routing acted on, in order."""
+    from autoscope.tools.store import RunStore
+
+    logged = RunStore.open(run_dir, read_only=True).events("decision")
+    keys = ("gate", "round", "action", "actor", "who", "reason", "checkpoint_id")
+    assert [{k: e[k] for k in keys} for e in logged] == [{k: d[k] for k in keys} for d in summary["decisions"]]
+
+
 def test_autonomous_run_without_llm_tests_two_hypotheses_and_keeps_checkpoints_small(tmp_path: Path):
     out = run(tmp_path / "run", rounds=2, budget=30)
     s = out.summary
@@ -104,6 +113,7 @@ def test_manual_run_covers_reject_edit_redirect_and_approve(tmp_path: Path):
     ]
     assert {d["actor"] for d in s["decisions"]} == {"human"}
     assert len({d["checkpoint_id"] for d in s["decisions"]}) == len(s["decisions"])
+    assert_log_matches_state(tmp_path / "run", s)
     hyps = {h["id"]: h for h in s["hypotheses"]}
     assert hyps["H2"]["statement"] == "Rod tips host the dipole hot spots."
     assert hyps["H2"]["measurements"] == 9  # the edited plan ran
@@ -133,6 +143,7 @@ def test_supervised_policy_lets_agents_decide_hypotheses_but_a_person_approves_p
     person = ScriptedPerson([approve(), approve()])
     out = run(tmp_path / "run", person=person, autonomy="supervised", rounds=2, budget=24)
     by_gate = {(d["gate"], d["actor"]) for d in out.summary["decisions"]}
+    assert_log_matches_state(tmp_path / "run", out.summary)
     assert by_gate == {("hypothesis", "policy"), ("plan", "human"), ("analysis", "policy")}
     assert [r.gate for r in person.requests] == ["plan", "plan"]
     assert out.status == "done"
@@ -207,7 +218,8 @@ def test_a_person_approving_an_injected_plan_is_still_stopped_below_the_agents(t
         return plan
 
     rec: list = []
-    person = ScriptedPerson([approve(), approve(), approve(), approve()])
+    end = GateResponse(action="reject", reason="the limit held; analyze what we have", who="test")
+    person = ScriptedPerson([approve(), approve(), approve(), end, approve()])
     out = run(
         tmp_path / "run",
         script=[answer(), answer(off_stage)],
@@ -217,8 +229,13 @@ def test_a_person_approving_an_injected_plan_is_still_stopped_below_the_agents(t
         recorder=rec,
     )
     gates = [r.gate for r in person.requests]
-    assert gates[:3] == ["hypothesis", "plan", "intervention"]
+    assert gates[:4] == ["hypothesis", "plan", "intervention", "intervention"]
     assert person.requests[2].proposal["kind"] == "safety_stop"
+    # "approve" past a safety stop is refused and asked again, so what is logged is what was done
+    assert "nothing continues past a safety limit" in person.requests[3].error
+    at_stop = [d for d in out.summary["decisions"] if d["gate"] == "intervention"]
+    assert [d["action"] for d in at_stop] == ["reject"]
+    assert_log_matches_state(tmp_path / "run", out.summary)
     from autoscope.tools.store import RunStore
 
     stops = RunStore.open(tmp_path / "run", read_only=True).events("safety_stop")
@@ -262,6 +279,7 @@ def test_a_stuck_scan_asks_a_person_who_lets_it_continue(tmp_path: Path):
     stopped_at = person.requests[1].proposal["measurements"]
     assert 6 < stopped_at < 46  # after the audit (6), during the scan
     assert out.summary["hypotheses"][0]["measurements"] == 46  # continued to the end of its budget
+    assert_log_matches_state(tmp_path / "run", out.summary)
     assert_store_consistent(tmp_path / "run")
 
 
@@ -273,6 +291,7 @@ def test_every_policy_level_reaches_the_end_with_a_person_who_approves(tmp_path:
     assert len(person.requests) == expected
     assert out.status == "done"
     humans = [d for d in out.summary["decisions"] if d["actor"] == "human"]
+    assert_log_matches_state(tmp_path / "run", out.summary)
     assert len(humans) == expected
 
 
@@ -354,3 +373,13 @@ def test_a_schema_enforcing_model_proposes_its_own_hypothesis_and_sees_the_examp
     # a repeat is refused naming the round that tested it, and repaired
     assert "tested already as H1 (band_intensity signal, localized_at over" in seen[3][-1]["content"]
     assert len(out.summary["hypotheses"]) == 2
+
+
+def test_a_gate_cannot_route_on_anything_but_its_logged_decision():
+    from autoscope.agents.gates import Decision, gate_update
+
+    resp = GateResponse(action="approve", who="test")
+    decision = Decision(gate="intervention", round=1, action="approve", actor="human")
+    assert gate_update(resp, decision, {})["last_gate"] == "approve"
+    with pytest.raises(ValueError, match="routed action"):
+        gate_update(resp, decision, {"last_gate": "reject"})

@@ -5,20 +5,43 @@ result is already in the run store is read back, never re-acquired (this is what
 makes a killed run resumable without repeating instrument actions); a new result is
 stored before it is returned. Transient faults (timeouts, dropped connections,
 corrupted frames) are logged as events and retried a bounded number of times.
+
+A stored step is reused only for the same request. Every acquisition event carries the
+request it answered (``request``: kind, field or position, dwell, energy window, beam
+current, stage position for an image) and its ``request_sha256``. Asked for a stored step
+id with a different request, the ``Acquirer`` either refuses (``StepConflict``, naming what
+differs: a survey into an existing run directory) or, with ``on_conflict="rekey"``, keeps
+the old data and stores the new acquisition under the next revision ``<step_id>.r2``,
+``.r3``… (a plan edited after a partial execution re-takes what changed and reuses the rest;
+a resume finds the revision whose request matches).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from autoscope.instruments.errors import AcquisitionFailed, ConnectionLost, InstrumentTimeout
+from autoscope.instruments.errors import (
+    AcquisitionFailed,
+    ConnectionLost,
+    InstrumentTimeout,
+    InvalidRequest,
+)
 from autoscope.instruments.integrity import frame_is_corrupt
 from autoscope.instruments.protocols import Microscope
-from autoscope.instruments.records import Detector, ImageRecord, ImageRequest, SpectrumRecord
+from autoscope.instruments.records import (
+    Detector,
+    ImageRecord,
+    ImageRequest,
+    SpectrumRecord,
+    SpectrumRequest,
+)
 from autoscope.tools.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -32,19 +55,70 @@ class CorruptFrame(AcquisitionFailed):
     code = "corrupt_frame"
 
 
+class StepConflict(InvalidRequest):
+    """A step id already holds an acquisition made with a different request."""
+
+    code = "step_conflict"
+
+
 _TRANSIENT = (InstrumentTimeout, ConnectionLost, CorruptFrame)
+OnConflict = Literal["refuse", "rekey"]
+MAX_REVISIONS = 100
+
+
+def request_sha256(request: dict[str, Any]) -> str:
+    """The fingerprint of a request: SHA-256 of its canonical JSON (floats to 12 significant digits,
+    so a value that went through JSON and back hashes the same)."""
+
+    def canon(v: Any) -> Any:
+        if isinstance(v, float):
+            return float(f"{v:.12g}")
+        if isinstance(v, dict):
+            return {k: canon(x) for k, x in sorted(v.items())}
+        if isinstance(v, list | tuple):
+            return [canon(x) for x in v]
+        return v
+
+    return hashlib.sha256(json.dumps(canon(request), sort_keys=True).encode()).hexdigest()
+
+
+def request_differences(stored: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    """What differs between two requests, field by field (numbers equal to 1e-9 relative)."""
+    out = []
+    for key in sorted(stored.keys() | asked.keys()):
+        a, b = stored.get(key), asked.get(key)
+        same = (
+            math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+            if isinstance(a, int | float) and isinstance(b, int | float)
+            else a == b
+        )
+        if not same:
+            out.append(f"{key} {a!r} stored, {b!r} asked")
+    return out
+
+
+def revision_id(step_id: str, n: int) -> str:
+    """The id of revision ``n`` of a step (revision 1 is the step id itself)."""
+    return step_id if n == 1 else f"{step_id}.r{n}"
 
 
 class Acquirer:
     """Acquire through ``microscope`` into ``store``, each step exactly once."""
 
     def __init__(
-        self, microscope: Microscope, store: RunStore, *, attempts: int = 4, backoff_s: float = 0.05
+        self,
+        microscope: Microscope,
+        store: RunStore,
+        *,
+        attempts: int = 4,
+        backoff_s: float = 0.05,
+        on_conflict: OnConflict = "refuse",
     ):
         self.microscope = microscope
         self.store = store
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.on_conflict = on_conflict
 
     def _retrying(self, step_id: str) -> Retrying:
         def record_failure(state: Any) -> None:
@@ -66,23 +140,57 @@ class Acquirer:
             reraise=True,
         )
 
+    def _stored(self, step_id: str, request: dict[str, Any]) -> tuple[str, bool]:
+        """The step id to use for ``request`` and whether it is already stored there."""
+        for n in range(1, MAX_REVISIONS + 1):
+            sid = revision_id(step_id, n)
+            if not self.store.has_step(sid):
+                return sid, False
+            event = self.store.step_event(sid)
+            stored = event.get("request")
+            if stored is None:  # a run stored before requests were fingerprinted
+                log.info("step %s has no stored request (an older run); reused as it is", sid)
+                return sid, True
+            diff = request_differences(stored, request)
+            if not diff:
+                return sid, True
+            if self.on_conflict == "refuse":
+                raise StepConflict(
+                    diff[0].split(" ", 1)[0],
+                    f"step {sid} is already stored with a different request ({'; '.join(diff)}); "
+                    "nothing was acquired: use a new run directory, or the stored request",
+                )
+            log.info("step %s was taken with a different request (%s)", sid, "; ".join(diff))
+        raise StepConflict("step_id", f"step {step_id} has {MAX_REVISIONS} revisions; refusing another")
+
     def _step(
-        self, step_id: str, acquire: Callable[[], Record], save: Callable[..., Any], extra: dict
+        self,
+        step_id: str,
+        request: dict[str, Any],
+        acquire: Callable[[], Record],
+        save: Callable[..., Any],
+        extra: dict,
     ) -> Record:
-        """The record of ``step_id``: read back when stored, else acquired (retried), checked and stored."""
-        if self.store.has_step(step_id):
-            log.info("step %s already in the store; not re-acquired", step_id)
-            return self.store.load(step_id)  # type: ignore[return-value]
+        """The record of ``step_id`` for ``request``: read back when stored with the same request,
+        else acquired (retried), checked and stored (under a new revision if the id was taken)."""
+        sid, stored = self._stored(step_id, request)
+        if stored:
+            log.info("step %s already in the store; not re-acquired", sid)
+            return self.store.load(sid)  # type: ignore[return-value]
+        if sid != step_id:
+            self.store.append_event(
+                "step_rekeyed", step_id=step_id, new_step_id=sid, request_sha256=request_sha256(request)
+            )
 
         def once() -> Record:
             rec = acquire()
             data = rec.data if isinstance(rec, ImageRecord) else rec.counts
             if frame_is_corrupt(data):
-                raise CorruptFrame(f"data of step {step_id} failed the integrity check")
+                raise CorruptFrame(f"data of step {sid} failed the integrity check")
             return rec
 
-        record = self._retrying(step_id)(once)
-        save(step_id, record, **extra)
+        record = self._retrying(sid)(once)
+        save(sid, record, request=request, request_sha256=request_sha256(request), **extra)
         return record
 
     def image(
@@ -101,8 +209,19 @@ class Acquirer:
         req = ImageRequest.checked(
             fov_nm=fov_nm, pixels=pixels, dwell_s=dwell_s, detector=detector, rows=rows
         )
+        sx, sy = self.microscope.stage_position_nm()
+        request = {
+            "kind": "image",
+            **req.model_dump(mode="json"),
+            "n_rows": req.n_rows,
+            "stage_x_nm": float(sx),
+            "stage_y_nm": float(sy),
+            "current_pA": float(self.microscope.beam_current_pA()),
+        }
+        request.pop("rows")
         return self._step(
             step_id,
+            request,
             lambda: self.microscope.acquire_image(fov_nm, pixels, dwell_s, detector, **req.rows_kwargs()),
             self.store.save_image,
             extra,
@@ -123,8 +242,17 @@ class Acquirer:
 
         ``extra`` fields go into the acquisition event (e.g. the candidate index a campaign aimed at).
         """
+        req = SpectrumRequest.checked(
+            x_nm=x_nm, y_nm=y_nm, dwell_s=dwell_s, energy_min_eV=energy_min_eV, energy_max_eV=energy_max_eV
+        )
+        request = {
+            "kind": "spectrum",
+            **req.model_dump(mode="json"),
+            "current_pA": float(self.microscope.beam_current_pA()),
+        }
         return self._step(
             step_id,
+            request,
             lambda: self.microscope.acquire_spectrum(x_nm, y_nm, dwell_s, energy_min_eV, energy_max_eV),
             self.store.save_spectrum,
             extra,

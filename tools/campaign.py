@@ -206,7 +206,7 @@ class Campaign:
         self.config = config
         self.prefix = prefix
         self.survey = survey
-        self.acq = Acquirer(microscope, store)
+        self.acq = Acquirer(microscope, store, on_conflict="rekey")
         self.rng = np.random.default_rng(config.seed)
 
     # ---------------------------------------------------------------- set-up

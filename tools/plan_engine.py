@@ -179,7 +179,7 @@ def execute_plan(
     """
     prefix = f"{h.id}-"
     sv = plan.survey
-    acq = Acquirer(microscope, store)
+    acq = Acquirer(microscope, store, on_conflict="rekey")
     microscope.set_beam_current(sv.current_pA)  # the interlock refuses a current beyond the limit
     if run_survey_matches:
         survey_step = IMAGE_STEP

@@ -413,6 +413,12 @@ class RunStore:
         """Whether ``step_id`` is complete (event and arrays stored)."""
         return step_id in self._steps and self._step_path(step_id).exists()
 
+    def step_event(self, step_id: str) -> dict[str, Any]:
+        """The acquisition event of ``step_id`` (a copy); ``KeyError`` when it has none."""
+        if step_id not in self._steps:
+            raise KeyError(f"step {step_id!r} has no acquisition event in {self.dir}")
+        return json.loads(json.dumps(self._steps[step_id]))
+
     def load(self, step_id: str) -> ImageRecord | SpectrumRecord:
         """The record stored under ``step_id``; ``KeyError`` when that step is not complete."""
         if not self.has_step(step_id):

@@ -98,7 +98,12 @@ def intervention_gate(state: GraphState, config: RunnableConfig, runtime: Runtim
         gate="intervention",
         round=state["round"],
         question=f"The scan stopped: {result['stopped_by']}. {last.get('message', '')} "
-        "approve = continue the scan, reject = end it and analyze, edit = change the plan.",
+        + (
+            "reject = end the round and analyze what was measured, edit = change the plan "
+            "(approve is refused: nothing continues past a limit)."
+            if kind == "safety_stop"
+            else "approve = continue the scan, reject = end it and analyze, edit = change the plan."
+        ),
         proposal={"kind": kind, **last, "measurements": result["measurements"]},
         limits=_limits(ctx),
     )
@@ -106,7 +111,12 @@ def intervention_gate(state: GraphState, config: RunnableConfig, runtime: Runtim
     h = Hypothesis.model_validate(state["hypothesis"])
 
     def validate(resp: GateResponse) -> GraphState:
-        if resp.action == "approve" and kind != "safety_stop":
+        if resp.action == "approve" and kind == "safety_stop":
+            raise ValueError(
+                "nothing continues past a safety limit: reject ends the round (the analysis uses what "
+                "was measured), edit changes the plan, which is dry-run and asked about again"
+            )
+        if resp.action == "approve":
             return {"acknowledged": sorted({*state.get("acknowledged", []), kind})}
         if resp.action == "edit":
             return _edited_plan(p, resp, h, ctx)
@@ -115,10 +125,7 @@ def intervention_gate(state: GraphState, config: RunnableConfig, runtime: Runtim
     resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
     ctx.gate_answered()
     _record(ctx, decision)
-    out = gate_update(resp, decision, update)
-    if kind == "safety_stop" and resp.action == "approve":
-        out["last_gate"] = "reject"  # nothing continues past a limit: the round ends
-    return out
+    return gate_update(resp, decision, update)
 
 
 def analysis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunContext]) -> GraphState:
