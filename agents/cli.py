@@ -482,23 +482,50 @@ def instrument_serve(
     limits: Annotated[Path | None, typer.Option(help="Safety limits file enforced by the server.")] = None,
     sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
     idle_exit_s: Annotated[float | None, typer.Option(help="Stop after this long without a request.")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the server keeps its idempotency cache and acquisition ledger across restarts "
+            "(default: settings, else the user state directory per port)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a microscope over HTTP (FastAPI + uvicorn), behind its safety limits."""
     from autoscope.instruments.factory import open_microscope
     from autoscope.instruments.remote.server import serve
+    from autoscope.instruments.remote.state import ServerState, default_state_dir, is_loopback
 
     settings = load_settings()
     with _cli_errors():
-        scope = open_microscope(
-            _limits(limits), scenario=scenario, seed=seed, sim_config=sim_config, replay=replay
-        )
+        bind, at = host or settings.host, port or settings.port
         tok = token or settings.token
+        if not tok and not is_loopback(bind):
+            raise ConfigError(
+                "token",
+                f"{bind} is not a loopback address: choose a token (--token or AUTOSCOPE_TOKEN) "
+                "before the instrument is reachable from other machines",
+            )
+        state = ServerState(state_dir or settings.server_state_dir or default_state_dir(at))
+        history = state.history()
+        scope = open_microscope(
+            _limits(limits),
+            scenario=scenario,
+            seed=seed,
+            sim_config=sim_config,
+            replay=replay,
+            history=history,
+        )
+        if history:
+            log.warning(
+                "%d earlier acquisitions in %s are charged against the limits "
+                "(a new sample needs a new --state-dir)",
+                len(history),
+                state.dir,
+            )
         if not tok:
             tok = secrets.token_urlsafe(24)
             err.print(f"token: {tok}")
-        serve(
-            scope, host=host or settings.host, port=port or settings.port, token=tok, idle_exit_s=idle_exit_s
-        )
+        serve(scope, host=bind, port=at, token=tok, idle_exit_s=idle_exit_s, state=state)
 
 
 bench_app.command("discovery")(cli_bench.discovery)

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     #: host the instrument server binds (loopback unless a person opens it up)
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
+    #: where the instrument server keeps its idempotency cache and acquisition ledger
+    server_state_dir: Path | None = None
     #: HTTP timeout and retries of the remote client
     remote_timeout_s: float = Field(default=30.0, gt=0)
     remote_retries: int = Field(default=3, ge=0, le=10)

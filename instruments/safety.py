@@ -226,8 +226,9 @@ class SafeMicroscope:
         """Count an acquisition made before this wrapper existed (from its stored event)."""
         self._charge(float(event["dose_e"]))
         if event.get("record") == "image":
-            cx, cy, h = float(event["center_x_nm"]), float(event["center_y_nm"]), float(event["fov_nm"]) / 2
-            self._ledger.add_rect(cx - h, cx + h, cy - h, cy + h, float(event["dose_e_per_A2"]))
+            cx, cy, w = float(event["center_x_nm"]), float(event["center_y_nm"]), float(event["fov_nm"]) / 2
+            h = w * float(event.get("rows") or event["pixels"]) / float(event["pixels"])
+            self._ledger.add_rect(cx - w, cx + w, cy - h, cy + h, float(event["dose_e_per_A2"]))
         else:
             self._ledger.add_spot(
                 float(event["x_nm"]), float(event["y_nm"]), float(event["dose_e"]), self._probe_fwhm_nm

@@ -21,11 +21,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(log_dir: Path, *args: str) -> tuple[subprocess.Popen, str, str]:
-    """Start ``autoscope instrument serve ARGS`` on a free loopback port; don't wait."""
-    port, token = free_port(), secrets.token_urlsafe(16)
+def start_server(
+    log_dir: Path, *args: str, port: int | None = None, token: str | None = None
+) -> tuple[subprocess.Popen, str, str]:
+    """Start ``autoscope instrument serve ARGS`` on a (free) loopback port; don't wait.
+
+    Its state (idempotency cache, acquisition ledger) is in ``log_dir/state-<port>`` unless
+    ARGS name a ``--state-dir``: a restart on the same port finds it again."""
+    port, token = port or free_port(), token or secrets.token_urlsafe(16)
     cmd = [sys.executable, "-m", "autoscope", "instrument", "serve", *args]
     cmd += ["--port", str(port), "--token", token, "--idle-exit-s", "60"]
+    if "--state-dir" not in args:
+        cmd += ["--state-dir", str(log_dir / f"state-{port}")]
     env = {**os.environ, "AUTOSCOPE_LOG_LEVEL": "WARNING"}
     # output to a file, not a pipe: a full pipe nobody reads would stall the server
     with (log_dir / f"server-{port}.log").open("wb") as log_file:

@@ -39,7 +39,9 @@ def test_a_stored_step_is_reused_for_the_same_request_only(tmp_path: Path):
         assert err.value.field == "dwell_s" and "0.01" in str(err.value) and "0.02" in str(err.value)
         assert _acquired(scope, "acquire_spectrum") == 1  # refused: nothing reached the instrument
         event = store.step_event("s0")
-        assert event["request"]["dwell_s"] == 0.01 and event["request_sha256"] == request_sha256(event["request"])
+        assert event["request"]["dwell_s"] == 0.01 and event["request_sha256"] == request_sha256(
+            event["request"]
+        )
 
 
 def test_the_beam_current_is_part_of_the_request(tmp_path: Path):
@@ -77,7 +79,9 @@ def test_a_run_stored_before_fingerprints_is_still_reused(tmp_path: Path):
         store.save_spectrum(
             "s0", scope.acquire_spectrum(0.0, 0.0, 0.01, 0.5, 4.0)
         )  # no request stored, as in older runs
-        Acquirer(scope, store).spectrum("s0", x_nm=9.0, y_nm=9.0, dwell_s=0.5, energy_min_eV=0, energy_max_eV=4)
+        Acquirer(scope, store).spectrum(
+            "s0", x_nm=9.0, y_nm=9.0, dwell_s=0.5, energy_min_eV=0, energy_max_eV=4
+        )
     assert _acquired(scope, "acquire_spectrum") == 1
 
 
@@ -97,4 +101,7 @@ def test_a_survey_into_a_run_with_a_different_field_is_refused(tmp_path: Path):
     assert (out / "events.jsonl").read_text().startswith(before)
     again = cli.invoke(app, [*base, "--fov-nm", "1000"])  # the same request resumes: nothing new
     assert again.exit_code == 0, again.output
-    assert len([json.loads(x) for x in (out / "events.jsonl").read_text().splitlines() if '"acquisition"' in x]) == 3
+    assert (
+        len([json.loads(x) for x in (out / "events.jsonl").read_text().splitlines() if '"acquisition"' in x])
+        == 3
+    )

@@ -293,3 +293,19 @@ def test_serve_stops_by_itself_when_idle():
         time.sleep(0.01)
     thread.join(30)
     assert not thread.is_alive()
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_whole(served, raw):
+    from autoscope.instruments.remote.server import MAX_BODY_BYTES
+
+    huge = b'{"x_nm": 1.0, "pad": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'
+    r = raw.post("/probe", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["field"] == "body"
+
+    def chunks():  # no Content-Length: the limit holds on what is streamed
+        for _ in range(8):
+            yield b"x" * (MAX_BODY_BYTES // 4)
+
+    r = raw.post("/probe", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert raw.get("/status").status_code == 200

@@ -5,7 +5,9 @@
 (it is a single physical device). A ``POST`` carrying ``X-Request-Id`` is executed at
 most once: its answer is cached, so a client that lost the connection and sends the
 same request again gets the same result without a second acquisition. Answers after
-which a retry may succeed (503, 504) are not cached.
+which a retry may succeed (503, 504) are not cached. With a state directory the cache
+(and the ledger of acquisitions the server's interlocks charge on start) is SQLite on
+disk (``state.ServerState``) and survives a kill and restart of the server.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -27,7 +28,8 @@ from pydantic import BaseModel
 
 from autoscope.instruments.errors import InstrumentError, InvalidRequest
 from autoscope.instruments.protocols import Microscope
-from autoscope.instruments.records import ImageRequest, SpectrumRequest
+from autoscope.instruments.records import ImageRecord, ImageRequest, SpectrumRequest
+from autoscope.instruments.remote.state import ServerState
 from autoscope.instruments.remote.wire import (
     NPY_MEDIA_TYPE,
     REQUEST_ID_HEADER,
@@ -47,32 +49,11 @@ RequestId = Annotated[str | None, Header(alias=REQUEST_ID_HEADER)]
 
 
 @dataclass(frozen=True)
-class _Cached:
-    fingerprint: str
-    status_code: int
-    body: bytes
-    headers: dict[str, str]
-    media_type: str
+class _Answer:
+    """What a route's action produced: the response, and the acquisition it reports (if any)."""
 
-    def response(self) -> Response:
-        return Response(self.body, self.status_code, headers=self.headers, media_type=self.media_type)
-
-
-class _ResponseCache:
-    """The last ``size`` answers, keyed by request id (least recently stored dropped first)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[str, _Cached] = OrderedDict()
-
-    def get(self, request_id: str) -> _Cached | None:
-        return self._items.get(request_id)
-
-    def put(self, request_id: str, item: _Cached) -> None:
-        self._items[request_id] = item
-        self._items.move_to_end(request_id)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+    response: Response
+    acquisition: dict[str, Any] | None = None
 
 
 class _Activity:
@@ -106,6 +87,60 @@ class _ActivityMiddleware:
             self.activity.last_s = time.monotonic()
 
 
+#: the largest request body the server reads (its JSON bodies are a few hundred bytes)
+MAX_BODY_BYTES = 64 * 1024
+
+
+class _BodyLimitMiddleware:
+    """Pure ASGI middleware: a body over ``limit`` bytes is answered 413 without being read whole."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        seen, refused = 0, False
+
+        async def limited() -> Any:
+            nonlocal seen, refused
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit and not refused:
+                refused = True
+                await self._refuse(send)
+                return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
+            return message
+
+        async def guarded(message: Any) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited, guarded)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps(
+            {"error": "invalid_request", "field": "body", "message": f"body: larger than {self.limit} bytes"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
 def _json(obj: Any, status_code: int = 200) -> Response:
     body = obj.model_dump_json() if isinstance(obj, BaseModel) else json.dumps(obj)
     return Response(body.encode(), status_code, media_type=JSON_MEDIA_TYPE)
@@ -115,18 +150,24 @@ def _error(exc: InstrumentError) -> Response:
     return _json(exc.to_dict(), status_for(exc))
 
 
-def create_app(microscope: Microscope, token: str, *, cache_size: int = 256) -> FastAPI:
-    """FastAPI app serving ``microscope``; clients authenticate with ``token``."""
+def create_app(
+    microscope: Microscope, token: str, *, cache_size: int = 256, state: ServerState | None = None
+) -> FastAPI:
+    """FastAPI app serving ``microscope``; clients authenticate with ``token``.
+
+    ``state``: where answers and acquisitions are kept (default: in memory, ``cache_size`` answers).
+    """
     if not token:
         raise ValueError("the instrument server needs a non-empty token")
     expected = f"Bearer {token}".encode()
     lock = threading.Lock()
-    cache = _ResponseCache(cache_size)
+    cache = state if state is not None else ServerState(None, size=cache_size)
     activity = _Activity()
 
     app = FastAPI(title="autoscope instrument", summary="A STEM served over HTTP.")
     app.state.activity = activity
     app.add_middleware(_ActivityMiddleware, activity=activity)
+    app.add_middleware(_BodyLimitMiddleware, limit=MAX_BODY_BYTES)
 
     def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
         if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
@@ -135,21 +176,26 @@ def create_app(microscope: Microscope, token: str, *, cache_size: int = 256) -> 
             )
 
     def call(
-        action: Callable[[], Response], request_id: str | None = None, fingerprint: str = ""
+        action: Callable[[], Response | _Answer], request_id: str | None = None, fingerprint: str = ""
     ) -> Response:
-        """Run ``action`` under the device lock; replay a cached answer for a known request id."""
+        """Run ``action`` under the device lock; replay a stored answer for a known request id."""
         with lock:
             if request_id is not None:
                 hit = cache.get(request_id)
                 if hit is not None:
-                    if hit.fingerprint != fingerprint:
+                    fp, status, headers, media_type, body = hit
+                    if fp != fingerprint:
                         return _error(
                             InvalidRequest("X-Request-Id", "id already used for a different request")
                         )
                     log.info("request %s answered from the idempotency cache", request_id)
-                    return hit.response()
+                    return Response(body, status, headers=headers, media_type=media_type)
+            acquisition = None
             try:
-                response = action()
+                answer = action()
+                response, acquisition = (
+                    (answer.response, answer.acquisition) if isinstance(answer, _Answer) else (answer, None)
+                )
             except InstrumentError as exc:
                 log.info("instrument refused: %s", exc)
                 response = _error(exc)
@@ -159,23 +205,28 @@ def create_app(microscope: Microscope, token: str, *, cache_size: int = 256) -> 
             if request_id is not None and response.status_code not in RETRYABLE_STATUSES:
                 cache.put(
                     request_id,
-                    _Cached(
-                        fingerprint,
-                        response.status_code,
-                        bytes(response.body),
-                        {k: v for k, v in response.headers.items() if k.lower() != "content-length"},
-                        response.media_type or JSON_MEDIA_TYPE,
-                    ),
+                    fingerprint,
+                    response.status_code,
+                    {k: v for k, v in response.headers.items() if k.lower() != "content-length"},
+                    response.media_type or JSON_MEDIA_TYPE,
+                    bytes(response.body),
+                    acquisition,
                 )
+            elif acquisition is not None:
+                cache.add_acquisition(acquisition, request_id)
             return response
 
     def fingerprint(route: str, body: BaseModel | None = None) -> str:
         text = route + (body.model_dump_json() if body is not None else "")
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def record_response(record: Any) -> Response:
+    def record_response(record: Any) -> _Answer:
         body, headers = encode_record(record)
-        return Response(body, 200, headers=headers, media_type=NPY_MEDIA_TYPE)
+        kind = "image" if isinstance(record, ImageRecord) else "spectrum"
+        return _Answer(
+            Response(body, 200, headers=headers, media_type=NPY_MEDIA_TYPE),
+            {"record": kind, **json.loads(json.dumps(record.metadata(), default=str))},
+        )
 
     @app.get("/health")
     def health() -> dict[str, bool]:
@@ -197,7 +248,7 @@ def create_app(microscope: Microscope, token: str, *, cache_size: int = 256) -> 
 
     @api.post("/image")
     def image(req: ImageRequest, request_id: RequestId = None) -> Response:
-        def act() -> Response:
+        def act() -> _Answer:
             return record_response(
                 microscope.acquire_image(
                     req.fov_nm, req.pixels, req.dwell_s, req.detector, **req.rows_kwargs()
@@ -208,7 +259,7 @@ def create_app(microscope: Microscope, token: str, *, cache_size: int = 256) -> 
 
     @api.post("/spectrum")
     def spectrum(req: SpectrumRequest, request_id: RequestId = None) -> Response:
-        def act() -> Response:
+        def act() -> _Answer:
             rec = microscope.acquire_spectrum(
                 req.x_nm, req.y_nm, req.dwell_s, req.energy_min_eV, req.energy_max_eV
             )
@@ -297,13 +348,15 @@ def serve(
     token: str,
     idle_exit_s: float | None = None,
     log_level: str | None = None,
+    state: ServerState | None = None,
 ) -> None:
     """Serve ``microscope`` over HTTP until interrupted (blocking).
 
     With ``idle_exit_s``, the server stops by itself after that long without a request.
     ``log_level`` of uvicorn (access log at ``info``); by default the root logger's level.
+    ``state``: the on-disk idempotency cache and acquisition ledger (default: in memory).
     """
-    app = create_app(microscope, token)
+    app = create_app(microscope, token, state=state)
     level = log_level or logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level))
     log.info("autoscope instrument server at http://%s:%d (%s)", host, port, type(microscope).__name__)
