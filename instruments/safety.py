@@ -8,11 +8,19 @@ forwarded; the beam is blanked, a warning is logged, a ``safety_stop`` event is 
 ``on_event`` and ``SafetyLimitExceeded`` is raised. Nothing at run time can change the
 limits a wrapper enforces.
 
-The dose-per-area ledger is the wrapper's own, independent of the backend: images are
-kept as exact rectangles of uniform areal dose, probe spots on sparse ``DoseMap`` tiles
-of ``dose_cell_nm`` cells (so a large travel box does not dilute a small exposed area).
+The dose-per-area ledger (``dose.DoseLedger``, the same model the dry run walks a plan
+through) is the wrapper's own, independent of the backend: images are kept as exact
+rectangles of uniform areal dose, probe spots on sparse ``DoseMap`` tiles of
+``dose_cell_nm`` cells (so a large travel box does not dilute a small exposed area).
 The predicted peak adds the peak of each part over the region a request touches,
 which can only over-estimate the cell-averaged peak, never under-estimate it.
+
+Every electron the sample receives is charged, not only those of acquisitions: while the
+beam is unblanked between requests the parked probe keeps exposing its spot, and a stage
+move with the beam on drags it across the sample. The wrapper keeps the beam state and the
+instrument clock of its last request; at the next one it charges ``current × elapsed`` at
+the probe (or along the stage path) and reports it as a ``beam_dose`` event, which a
+resumed run gives back as ``history`` (``DOSE_EVENTS``).
 """
 
 from __future__ import annotations
@@ -24,11 +32,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscope.instruments.config_files import load_model, validated
-from autoscope.instruments.dose import DoseMap
+from autoscope.instruments.dose import DoseLedger
 from autoscope.instruments.errors import AcquisitionFailed, InvalidRequest, SafetyLimitExceeded
 from autoscope.instruments.protocols import Microscope
 from autoscope.instruments.records import (
@@ -46,6 +53,8 @@ from autoscope.instruments.records import (
 log = logging.getLogger(__name__)
 
 _WHERE = "limits are set in the limits file, which only a person may change"
+#: the run-store events a resumed wrapper charges again (``history``)
+DOSE_EVENTS = ("acquisition", "beam_dose")
 
 
 class SafetyLimits(BaseModel):
@@ -95,108 +104,10 @@ class SafetyLimits(BaseModel):
         return load_model(cls, path, "limits")
 
 
-class _DoseLedger:
-    """Areal dose (e/Å²): images as exact uniform rectangles, spots on sparse DoseMap tiles."""
-
-    TILE_CELLS = 64  # a power of two, so tile edges fall exactly on cell edges; 32 KiB a tile
-
-    def __init__(self, x_min_nm: float, y_min_nm: float, cell_nm: float) -> None:
-        self.x0, self.y0, self.cell_nm = x_min_nm, y_min_nm, cell_nm
-        self.tile_nm = self.TILE_CELLS * cell_nm
-        self.rects: dict[tuple[float, float, float, float], float] = {}
-        self.tiles: dict[tuple[int, int], DoseMap] = {}
-
-    def cell_box(self, x0: float, x1: float, y0: float, y1: float) -> tuple[float, float, float, float]:
-        """The smallest box of whole cells that holds a rectangle."""
-        c = self.cell_nm
-
-        def snap(lo: float, hi: float, origin: float) -> tuple[float, float]:
-            return origin + math.floor((lo - origin) / c) * c, origin + math.ceil((hi - origin) / c) * c
-
-        return (*snap(x0, x1, self.x0), *snap(y0, y1, self.y0))
-
-    def _tiles(self, x0: float, x1: float, y0: float, y1: float, create: bool):
-        """(tile, x offset, y offset) of each tile a rectangle overlaps."""
-        t = self.tile_nm
-        i0, i1 = math.floor((x0 - self.x0) / t), math.floor((x1 - self.x0) / t)
-        j0, j1 = math.floor((y0 - self.y0) / t), math.floor((y1 - self.y0) / t)
-        for j in range(j0, j1 + 1):
-            for i in range(i0, i1 + 1):
-                tile = self.tiles.get((i, j))
-                if tile is None and create:
-                    tile = self.tiles[(i, j)] = DoseMap(0.0, t, 0.0, t, self.cell_nm)
-                if tile is not None:
-                    yield tile, self.x0 + i * t, self.y0 + j * t
-
-    def rect_peak(self, x0: float, x1: float, y0: float, y1: float) -> float:
-        """Exact peak, over a region, of the sum of the image rectangles covering it."""
-        hits = [
-            (a, b, c, d, v)
-            for (a, b, c, d), v in self.rects.items()
-            if a < x1 and b > x0 and c < y1 and d > y0
-        ]
-        if not hits:
-            return 0.0
-        xs = np.unique(np.clip([x0, x1, *(h[0] for h in hits), *(h[1] for h in hits)], x0, x1))
-        ys = np.unique(np.clip([y0, y1, *(h[2] for h in hits), *(h[3] for h in hits)], y0, y1))
-        grid = np.zeros((ys.size, xs.size))  # difference array over the elementary cells
-        for a, b, c, d, v in hits:
-            ia, ib = np.searchsorted(xs, max(a, x0)), np.searchsorted(xs, min(b, x1))
-            ja, jb = np.searchsorted(ys, max(c, y0)), np.searchsorted(ys, min(d, y1))
-            grid[ja, ia] += v
-            grid[ja, ib] -= v
-            grid[jb, ia] -= v
-            grid[jb, ib] += v
-        sums = grid.cumsum(axis=0).cumsum(axis=1)[:-1, :-1]
-        return float(sums.max()) if sums.size else 0.0
-
-    def spot_peak(self, x0: float, x1: float, y0: float, y1: float) -> float:
-        """Peak cell dose of the probe spots among the cells a region touches."""
-        peaks = [
-            tile.peak_in(x0 - ox, x1 - ox, y0 - oy, y1 - oy)
-            for tile, ox, oy in self._tiles(x0, x1, y0, y1, False)
-        ]
-        return max(peaks, default=0.0)
-
-    def add_rect(self, x0: float, x1: float, y0: float, y1: float, e_per_A2: float) -> None:
-        key = (x0, x1, y0, y1)
-        self.rects[key] = self.rects.get(key, 0.0) + e_per_A2
-
-    def add_spot(self, x: float, y: float, n_e: float, diameter_nm: float) -> None:
-        h = max(diameter_nm, 1e-6) / 2
-        for tile, ox, oy in self._tiles(x - h, x + h, y - h, y + h, True):
-            tile.add_spot(x - ox, y - oy, n_e, diameter_nm)
-
-    def predict_image(self, x0: float, x1: float, y0: float, y1: float, e_per_A2: float) -> float:
-        """Upper bound of the peak cell dose over a field after imaging it at ``e_per_A2``."""
-        return self.rect_peak(x0, x1, y0, y1) + e_per_A2 + self.spot_peak(x0, x1, y0, y1)
-
-    def spot_dose_in(
-        self, box: tuple[float, float, float, float], x_nm: np.ndarray, y_nm: np.ndarray
-    ) -> np.ndarray:
-        """Cell dose of the probe spots at sample-frame points lying inside ``box``."""
-        out = np.zeros(np.shape(x_nm))
-        for tile, ox, oy in self._tiles(*box, create=False):
-            out += tile.at(x_nm - ox, y_nm - oy)
-        return out
-
-    def predict_spot(self, x: float, y: float, n_e: float, diameter_nm: float) -> float:
-        """Upper bound of the peak cell dose around a probe position after a spot exposure."""
-        h = max(diameter_nm, 1e-6) / 2
-        box = self.cell_box(x - h, x + h, y - h, y + h)
-        spot = DoseMap(*box, self.cell_nm)  # its cells coincide with the ledger's
-        spot.add_spot(x, y, n_e, diameter_nm)
-        ny, nx = spot.e_per_A2.shape
-        cx = box[0] + (np.arange(nx) + 0.5) * self.cell_nm
-        cy = box[2] + (np.arange(ny) + 0.5) * self.cell_nm
-        gx, gy = np.meshgrid(cx, cy)
-        return float((spot.e_per_A2 + self.spot_dose_in(box, gx, gy)).max()) + self.rect_peak(*box)
-
-
 class SafeMicroscope:
     """A ``Microscope`` that enforces ``SafetyLimits`` on every request to ``inner`` (see module doc)."""
 
-    __slots__ = ("_inner", "_limits", "_on_event", "_t0_s", "_ledger", "_probe_fwhm_nm", "_used")
+    __slots__ = ("_inner", "_limits", "_on_event", "_t0_s", "_ledger", "_probe_fwhm_nm", "_used", "_beam")
 
     def __init__(
         self,
@@ -205,7 +116,8 @@ class SafeMicroscope:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         history: Iterable[dict[str, Any]] = (),
     ) -> None:
-        """``history``: acquisition events (run-store contract) of earlier sessions of the same run.
+        """``history``: acquisition and ``beam_dose`` events (run-store contract) of earlier
+        sessions of the same run.
 
         A resumed run counts them against the dose and acquisition limits, so stopping
         and resuming can never reset what the sample has received.
@@ -216,14 +128,26 @@ class SafeMicroscope:
         put(self, "_limits", own)
         put(self, "_on_event", on_event)
         put(self, "_t0_s", float(inner.now_s()))
-        put(self, "_ledger", _DoseLedger(own.stage_x_min_nm, own.stage_y_min_nm, own.dose_cell_nm))
+        put(self, "_ledger", DoseLedger(own.stage_x_min_nm, own.stage_y_min_nm, own.dose_cell_nm))
         put(self, "_probe_fwhm_nm", float(inner.capabilities().probe_fwhm_nm))
         put(self, "_used", {"dose_e": 0.0, "acquisitions": 0})
+        put(self, "_beam", {"on": not inner.beam_blanked(), "since_s": self._t0_s})
         for event in history:
             self._charge_event(event)
 
     def _charge_event(self, event: dict[str, Any]) -> None:
-        """Count an acquisition made before this wrapper existed (from its stored event)."""
+        """Count an exposure made before this wrapper existed (from its stored event)."""
+        if event.get("kind") == "beam_dose":
+            self._used["dose_e"] += float(event["dose_e"])
+            self._ledger.add_path(
+                float(event["x_nm"]),
+                float(event["y_nm"]),
+                float(event["x1_nm"]),
+                float(event["y1_nm"]),
+                float(event["dose_e"]),
+                self._probe_fwhm_nm,
+            )
+            return
         self._charge(float(event["dose_e"]))
         if event.get("record") == "image":
             cx, cy, w = float(event["center_x_nm"]), float(event["center_y_nm"]), float(event["fov_nm"]) / 2
@@ -241,7 +165,7 @@ class SafeMicroscope:
             yield
         except SafetyLimitExceeded as exc:
             with contextlib.suppress(Exception):
-                self._inner.blank_beam()
+                self.blank_beam()
             log.warning("safety stop by the instrument (%s): %s", exc.limit, exc)
             if self._on_event is not None:
                 with contextlib.suppress(Exception):
@@ -278,14 +202,55 @@ class SafeMicroscope:
 
     def peak_dose_e_per_A2(self, x0_nm: float, x1_nm: float, y0_nm: float, y1_nm: float) -> float:
         """Upper bound of the cell-averaged areal dose in a region, by this wrapper's ledger."""
-        led = self._ledger
-        return led.rect_peak(x0_nm, x1_nm, y0_nm, y1_nm) + led.spot_peak(x0_nm, x1_nm, y0_nm, y1_nm)
+        return self._ledger.peak_in(x0_nm, x1_nm, y0_nm, y1_nm)
+
+    def dose_ledger(self) -> DoseLedger:
+        """A copy of this wrapper's dose ledger as it stands (what a dry run starts from)."""
+        self._beam_dose()
+        return self._ledger.copy()
+
+    # ---------------------------------------------------------------- the beam between requests
+    def _beam_dose(self, path_to: tuple[float, float] | None = None, now_s: float | None = None) -> float:
+        """Charge what the unblanked beam delivered since the last request (parked at the probe,
+        or dragged to ``path_to`` by a stage move); returns the instrument clock now."""
+        beam = self._beam
+        now = float(self._inner.now_s()) if now_s is None else now_s
+        elapsed = now - beam["since_s"]
+        beam["since_s"] = now
+        if not beam["on"] or elapsed <= 0:
+            return now
+        current = float(self._inner.beam_current_pA())
+        n_e = electrons(current, elapsed)
+        x0, y0 = self._inner.probe_position_nm() if path_to is None else path_to[:2]
+        x1, y1 = (x0, y0) if path_to is None else path_to[2:]  # type: ignore[misc]
+        self._used["dose_e"] += n_e
+        self._ledger.add_path(x0, y0, x1, y1, n_e, self._probe_fwhm_nm)
+        event = {
+            "kind": "beam_dose",
+            "reason": "parked" if path_to is None else "stage_move",
+            "x_nm": x0,
+            "y_nm": y0,
+            "x1_nm": x1,
+            "y1_nm": y1,
+            "duration_s": elapsed,
+            "current_pA": current,
+            "dose_e": n_e,
+        }
+        log.info(
+            "beam on between requests for %.3g s: %.3g e charged at (%.1f, %.1f) nm", elapsed, n_e, x0, y0
+        )
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("on_event failed while reporting a beam dose")
+        return now
 
     # ---------------------------------------------------------------- checks
     def _stop(self, limit: str, value: float, maximum: float, message: str, request: dict[str, Any]) -> None:
         message = f"{message}; {_WHERE}"
         try:
-            self._inner.blank_beam()
+            self.blank_beam()
         except Exception:  # the stop must still be reported and raised
             log.exception("could not blank the beam after a safety stop")
         log.warning("safety stop (%s): %s", limit, message)
@@ -305,8 +270,9 @@ class SafeMicroscope:
         raise SafetyLimitExceeded(limit, value, maximum, message)
 
     def _check_time(self, request: dict[str, Any], duration_s: float = 0.0) -> None:
+        """The session-time limit, after charging the beam's dose since the last request."""
         lim = self._limits
-        t = float(self._inner.now_s()) - self._t0_s + duration_s
+        t = self._beam_dose() - self._t0_s + duration_s
         if t > lim.max_wall_time_s:
             self._stop(
                 "max_wall_time_s",
@@ -422,6 +388,7 @@ class SafeMicroscope:
             self._ledger.add_rect(*box, e_per_A2)
             raise
         self._charge(rec.dose_e)
+        self._beam["since_s"] = float(rec.t_end_s)
         rw, rh = rec.fov_nm / 2, rec.fov_y_nm / 2
         self._ledger.add_rect(
             rec.center_x_nm - rw,
@@ -455,6 +422,7 @@ class SafeMicroscope:
             self._ledger.add_spot(req.x_nm, req.y_nm, n_e, self._probe_fwhm_nm)
             raise
         self._charge(rec.dose_e)
+        self._beam["since_s"] = float(rec.t_end_s)
         self._ledger.add_spot(rec.x_nm, rec.y_nm, rec.dose_e, self._probe_fwhm_nm)
         return rec
 
@@ -474,13 +442,19 @@ class SafeMicroscope:
             self._inner.move_probe(x_nm, y_nm)
 
     def blank_beam(self) -> None:
-        self._inner.blank_beam()  # always allowed: blanking is the safe direction
+        try:
+            self._beam_dose()
+        except Exception:  # blanking is the safe direction: it is never kept from happening
+            log.exception("could not charge the beam's dose before blanking")
+        self._inner.blank_beam()
+        self._beam["on"] = False
 
     def unblank_beam(self) -> None:
         request = {"op": "unblank_beam"}
         self._check_time(request)
         with self._downstream(request):
             self._inner.unblank_beam()
+        self._beam["on"] = True
 
     def beam_blanked(self) -> bool:
         return self._inner.beam_blanked()
@@ -514,8 +488,12 @@ class SafeMicroscope:
         request = {"op": "move_stage", "x_nm": x_nm, "y_nm": y_nm}
         self._check_position(request, x_nm, x_nm, y_nm, y_nm, what="the stage")
         self._check_time(request)
+        start = self._inner.probe_position_nm() if self._beam["on"] else None
         with self._downstream(request):
             self._inner.move_stage(x_nm, y_nm)
+        if start is not None:  # the sample slid under the beam: dose along the path
+            end = self._inner.probe_position_nm()
+            self._beam_dose(path_to=(*start, *end))
 
     # ---------------------------------------------------------------- Status, Clock
     def status(self) -> InstrumentStatus:

@@ -39,7 +39,9 @@ def assert_log_matches_state(run_dir: Path, summary: dict) -> None:
 
     logged = RunStore.open(run_dir, read_only=True).events("decision")
     keys = ("gate", "round", "action", "actor", "who", "reason", "checkpoint_id")
-    assert [{k: e[k] for k in keys} for e in logged] == [{k: d[k] for k in keys} for d in summary["decisions"]]
+    assert [{k: e[k] for k in keys} for e in logged] == [
+        {k: d[k] for k in keys} for d in summary["decisions"]
+    ]
 
 
 def test_autonomous_run_without_llm_tests_two_hypotheses_and_keeps_checkpoints_small(tmp_path: Path):

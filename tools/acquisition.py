@@ -14,15 +14,20 @@ differs: a survey into an existing run directory) or, with ``on_conflict="rekey"
 the old data and stores the new acquisition under the next revision ``<step_id>.r2``,
 ``.r3``… (a plan edited after a partial execution re-takes what changed and reuses the rest;
 a resume finds the revision whose request matches).
+
+The beam is on only while an acquisition runs: each attempt unblanks it and blanks it again
+whatever happens (``beam_on``), so no dose reaches the sample while a model is fitted, a
+person is asked or the stage moves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -53,6 +58,16 @@ class CorruptFrame(AcquisitionFailed):
     """The instrument returned a frame that fails the integrity check."""
 
     code = "corrupt_frame"
+
+
+@contextlib.contextmanager
+def beam_on(microscope: Microscope) -> Iterator[None]:
+    """The beam unblanked for the body and blanked again whatever happens."""
+    microscope.unblank_beam()
+    try:
+        yield
+    finally:
+        microscope.blank_beam()
 
 
 class StepConflict(InvalidRequest):
@@ -183,7 +198,8 @@ class Acquirer:
             )
 
         def once() -> Record:
-            rec = acquire()
+            with beam_on(self.microscope):
+                rec = acquire()
             data = rec.data if isinstance(rec, ImageRecord) else rec.counts
             if frame_is_corrupt(data):
                 raise CorruptFrame(f"data of step {sid} failed the integrity check")

@@ -295,97 +295,91 @@ class Campaign:
                 return True
             return False
 
-        self.microscope.unblank_beam()
-        try:
-            for k in range(budget):
-                if cfg.drift_check_every and k and k % cfg.drift_check_every == 0:
-                    grid, reference, stop = self._drift_check(
-                        k, reference, base_grid, featurizer, drift, ood, emit
-                    )
-                    result.grid = grid
-                    if stop:
-                        break
-                step_id = f"{al}{k:04d}"
-                t0 = time.perf_counter()
-                mean_std = None
-                if step_id in done:
-                    cand, phase = int(done[step_id]["candidate"]), done[step_id]["phase"]
-                elif model is None:
-                    cand, phase = next(i for i in order if not measured[i]), "baseline"
-                elif k < len(seeds) and not measured[seeds[k]]:
-                    cand, phase = seeds[k], "seed"
-                else:
-                    if not queue and len(result.y) < 2:  # too few usable spectra to fit: explore
-                        queue = [int(i) for i in self.rng.permutation(np.flatnonzero(~measured))[:1]]
-                    if not queue:
-                        y_model = model_targets(result.y, cfg.y_transform)
-                        report = model.fit(X[measured_idx(result)], y_model)
-                        choice = choose_detailed(
-                            model,
-                            X,
-                            grid.xy_nm,
-                            measured,
-                            cfg.acquisition,
-                            rng=self.rng,
-                            best_y=float(np.max(y_model)),
-                        )
-                        queue = list(choice.indices)
-                        mean_std = float(np.mean(np.sqrt(np.maximum(choice.var, 0.0))))
-                    cand, phase = queue.pop(0), "active"
-                model_s = time.perf_counter() - t0
-                x_nm, y_nm = grid.xy_nm[cand]
-                record: SpectrumRecord | None = None
-                if step_id in lost:
-                    y, failed = math.nan, lost[step_id]["reason"]
-                else:
-                    try:
-                        record = self.acq.spectrum(
-                            step_id,
-                            x_nm=float(x_nm),
-                            y_nm=float(y_nm),
-                            dwell_s=cfg.spectrum_dwell_s,
-                            energy_min_eV=cfg.energy_min_eV,
-                            energy_max_eV=cfg.energy_max_eV,
-                            candidate=cand,
-                            phase=phase,
-                            method=cfg.method,
-                        )
-                        y, failed = scalarise(cfg.scalarizer, record)
-                    except CorruptFrame as exc:  # retried by the Acquirer; still garbled: nothing stored
-                        y, failed = math.nan, f"the frame stayed corrupt through every retry: {exc}"
-                    if failed is not None and step_id not in done:  # a resume reads it back: logged once
-                        log.warning("step %s at candidate %d: %s", step_id, cand, failed)
-                        self.store.append_event(
-                            "measurement_failed",
-                            step_id=step_id,
-                            candidate=cand,
-                            phase=phase,
-                            reason=failed,
-                            stored=record is not None,
-                        )
-                measured[cand] = True  # a failed measurement is not retaken
-                if failed is None:
-                    result.measured.append(cand)
-                    result.y.append(y)
-                info = StepInfo(
-                    k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std, failed
+        for k in range(budget):
+            if cfg.drift_check_every and k and k % cfg.drift_check_every == 0:
+                grid, reference, stop = self._drift_check(
+                    k, reference, base_grid, featurizer, drift, ood, emit
                 )
-                result.steps.append(info)
-                if on_step:
-                    try:
-                        on_step(info)
-                    except CampaignStop as stop:
-                        result.stop_reason = str(stop) or "stopped"
-                        self.store.append_event("campaign_stopped", reason=result.stop_reason, step=k)
-                        log.info("campaign stopped after step %d: %s", k, result.stop_reason)
-                        break
-                # the stuck monitor judges what the model chose
-                if phase == "active" and failed is None and record is not None:
-                    y_sd = float(cfg.scalarizer.uncertainty(record))
-                    if emit(stuck.update(k, y, report, y_sd=y_sd)):
-                        break
-        finally:
-            self.microscope.blank_beam()
+                result.grid = grid
+                if stop:
+                    break
+            step_id = f"{al}{k:04d}"
+            t0 = time.perf_counter()
+            mean_std = None
+            if step_id in done:
+                cand, phase = int(done[step_id]["candidate"]), done[step_id]["phase"]
+            elif model is None:
+                cand, phase = next(i for i in order if not measured[i]), "baseline"
+            elif k < len(seeds) and not measured[seeds[k]]:
+                cand, phase = seeds[k], "seed"
+            else:
+                if not queue and len(result.y) < 2:  # too few usable spectra to fit: explore
+                    queue = [int(i) for i in self.rng.permutation(np.flatnonzero(~measured))[:1]]
+                if not queue:
+                    y_model = model_targets(result.y, cfg.y_transform)
+                    report = model.fit(X[measured_idx(result)], y_model)
+                    choice = choose_detailed(
+                        model,
+                        X,
+                        grid.xy_nm,
+                        measured,
+                        cfg.acquisition,
+                        rng=self.rng,
+                        best_y=float(np.max(y_model)),
+                    )
+                    queue = list(choice.indices)
+                    mean_std = float(np.mean(np.sqrt(np.maximum(choice.var, 0.0))))
+                cand, phase = queue.pop(0), "active"
+            model_s = time.perf_counter() - t0
+            x_nm, y_nm = grid.xy_nm[cand]
+            record: SpectrumRecord | None = None
+            if step_id in lost:
+                y, failed = math.nan, lost[step_id]["reason"]
+            else:
+                try:
+                    record = self.acq.spectrum(
+                        step_id,
+                        x_nm=float(x_nm),
+                        y_nm=float(y_nm),
+                        dwell_s=cfg.spectrum_dwell_s,
+                        energy_min_eV=cfg.energy_min_eV,
+                        energy_max_eV=cfg.energy_max_eV,
+                        candidate=cand,
+                        phase=phase,
+                        method=cfg.method,
+                    )
+                    y, failed = scalarise(cfg.scalarizer, record)
+                except CorruptFrame as exc:  # retried by the Acquirer; still garbled: nothing stored
+                    y, failed = math.nan, f"the frame stayed corrupt through every retry: {exc}"
+                if failed is not None and step_id not in done:  # a resume reads it back: logged once
+                    log.warning("step %s at candidate %d: %s", step_id, cand, failed)
+                    self.store.append_event(
+                        "measurement_failed",
+                        step_id=step_id,
+                        candidate=cand,
+                        phase=phase,
+                        reason=failed,
+                        stored=record is not None,
+                    )
+            measured[cand] = True  # a failed measurement is not retaken
+            if failed is None:
+                result.measured.append(cand)
+                result.y.append(y)
+            info = StepInfo(k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std, failed)
+            result.steps.append(info)
+            if on_step:
+                try:
+                    on_step(info)
+                except CampaignStop as stop:
+                    result.stop_reason = str(stop) or "stopped"
+                    self.store.append_event("campaign_stopped", reason=result.stop_reason, step=k)
+                    log.info("campaign stopped after step %d: %s", k, result.stop_reason)
+                    break
+            # the stuck monitor judges what the model chose
+            if phase == "active" and failed is None and record is not None:
+                y_sd = float(cfg.scalarizer.uncertainty(record))
+                if emit(stuck.update(k, y, report, y_sd=y_sd)):
+                    break
 
         if model is not None and len(result.y) >= 2:
             model.fit(X[measured_idx(result)], model_targets(result.y, cfg.y_transform))

@@ -4,12 +4,23 @@ It walks the plan's steps in order, as the engine will run them, after what the 
 already spent (``Usage``): the survey (free when the run's stored one is reused), the
 active scan with its repeated surveys, the audit, the site spectra and the point spectra.
 Counts are upper bounds (an audit that decides early, or a class with fewer sites, spends less).
+
+The peak areal dose is the interlocks' own model (``instruments.dose.DoseLedger``): the walk
+starts from a copy of the ledger of the run's ``SafeMicroscope`` (every earlier exposure,
+earlier rounds and the parked beam included), deposits each image and each spectrum whose
+position the plan states exactly as the interlock will, and bounds the spectra whose
+positions are chosen at run time (active scan, audit, sites) by the most of them that can
+reach one ``dose_cell_nm`` cell: the candidates within one cell plus a probe width, at the
+step's spacing (the candidate stride for an active scan, one survey pixel otherwise),
+times the repeats. A plan the dry run passes cannot be stopped by the dose-per-area
+interlock; a plan of known positions gets the interlock's figure exactly.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from autoscope.instruments.dose import DoseLedger
 from autoscope.instruments.records import NM2_TO_A2, Capabilities, electrons
 from autoscope.instruments.safety import SafetyLimits
 from autoscope.tools.plan import (
@@ -63,7 +74,7 @@ class DryRun(BaseModel):
     dose_e: float
     dose_e_per_A2: float = Field(description="this plan's dose averaged over its survey field")
     peak_dose_e_per_A2: float = Field(
-        description="survey dose plus the longest stay of the probe on one spot"
+        description="upper bound of the cell-averaged dose anywhere after the plan (the interlocks' model)"
     )
     time_s: float
     checks: list[LimitCheck]
@@ -111,8 +122,12 @@ def dry_run(
     *,
     run_budget_left: int,
     center_nm: tuple[float, float] = (0.0, 0.0),
+    ledger: DoseLedger | None = None,
 ) -> DryRun:
-    """Dose, time and limit checks of ``plan`` after what the run has ``used``; touches nothing."""
+    """Dose, time and limit checks of ``plan`` after what the run has ``used``; touches nothing.
+
+    ``ledger``: the interlocks' dose ledger as it stands (``SafeMicroscope.dose_ledger()``); a
+    fresh one (nothing exposed yet) when not given."""
     sv = plan.survey
     reused = used.survey is not None and used.survey == sv
     frame_e = electrons(sv.current_pA, sv.dwell_s * sv.pixels**2)
@@ -122,30 +137,34 @@ def dry_run(
         default=None,
     )
     costs: list[StepCost] = []
-    longest_stay_s = 0.0
+    peaks = _PeakWalk(plan, caps, limits, ledger, center_nm)
+    if reused and ledger is None:
+        peaks.frames(1)  # the run's own survey, which a live ledger already holds
     for i, (step, n) in enumerate(zip(plan.steps, plan.step_spectra(), strict=True)):
         images, dose, time_s = 0, 0.0, 0.0
         if isinstance(step, SurveyStep):
             images = 0 if reused else 1
             dose, time_s = images * frame_e, images * frame_s
+            peaks.frames(images)
         elif isinstance(step, ActiveScanStep):
             checks = n // drift_every if drift_every else 0
             images = checks
             dose = electrons(sv.current_pA, step.spectrum_dwell_s) * n + checks * frame_e
             time_s = n * (step.spectrum_dwell_s + MODEL_STEP_S) + checks * frame_s
-            longest_stay_s = max(longest_stay_s, step.spectrum_dwell_s)
+            peaks.frames(checks)
+            peaks.spots_chosen_at_run_time(n, step.spectrum_dwell_s, step.stride_px)
         elif isinstance(step, AuditStep):
             dose = electrons(sv.current_pA, step.spectrum_dwell_s) * n
             time_s = n * step.spectrum_dwell_s
-            longest_stay_s = max(longest_stay_s, step.spectrum_dwell_s)
+            peaks.spots_chosen_at_run_time(n, step.spectrum_dwell_s)
         elif isinstance(step, SitesStep):
             dose = electrons(sv.current_pA, step.dwell_s) * n
             time_s = n * step.dwell_s
-            longest_stay_s = max(longest_stay_s, step.dwell_s * step.repeats)
+            peaks.spots_chosen_at_run_time(n, step.dwell_s, repeats=step.repeats)
         elif isinstance(step, SpectrumAtStep):
             dose = electrons(sv.current_pA, step.dwell_s) * n
             time_s = n * step.dwell_s
-            longest_stay_s = max(longest_stay_s, step.dwell_s)
+            peaks.spot_at(step.x_nm, step.y_nm, step.dwell_s)
         time_s += n * OVERHEAD_PER_ACQUISITION_S
         costs.append(StepCost(index=i, kind=step.kind, spectra=n, images=images, dose_e=dose, time_s=time_s))
     spectra = sum(c.spectra for c in costs)
@@ -153,9 +172,7 @@ def dry_run(
     dose_e = sum(c.dose_e for c in costs)
     time_s = sum(c.time_s for c in costs)
     field_A2 = sv.fov_nm**2 * NM2_TO_A2
-    frames = images + (1 if reused else 0)  # every frame doses the whole field once
-    survey_areal = frame_e / field_A2 * max(frames, 1)
-    spot = electrons(sv.current_pA, longest_stay_s) / (caps.probe_fwhm_nm**2 * NM2_TO_A2)
+    peak = peaks.peak()
     x, y = center_nm
     h = sv.fov_nm / 2
     checks = [
@@ -166,7 +183,7 @@ def dry_run(
             "beam current (pA)",
         ),
         _check("max_total_dose_e", used.dose_e + dose_e, limits.max_total_dose_e, "run dose (e)"),
-        _check("max_dose_e_per_A2", survey_areal + spot, limits.max_dose_e_per_A2, "peak dose (e/Å²)"),
+        _check("max_dose_e_per_A2", peak, limits.max_dose_e_per_A2, "peak dose (e/Å²)"),
         _check(
             "max_acquisitions", used.acquisitions + images + spectra, limits.max_acquisitions, "acquisitions"
         ),
@@ -213,7 +230,7 @@ def dry_run(
         images=images,
         dose_e=dose_e,
         dose_e_per_A2=dose_e / field_A2,
-        peak_dose_e_per_A2=survey_areal + spot,
+        peak_dose_e_per_A2=peak,
         time_s=time_s,
         checks=checks,
         survey_reused=reused,
@@ -221,15 +238,70 @@ def dry_run(
     )
 
 
-def longest_stay_s(limits: SafetyLimits, caps: Capabilities, survey: SurveyStep, frames: int = 1) -> float:
-    """The longest the probe may stay on one spot (s) before the dry run's peak dose — ``frames``
-    survey frames plus that stay — reaches ``max_dose_e_per_A2``: the inverse of its peak formula."""
+class _PeakWalk:
+    """The peak areal dose of a plan, walked through a copy of the interlocks' dose ledger."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        caps: Capabilities,
+        limits: SafetyLimits,
+        ledger: DoseLedger | None,
+        center_nm: tuple[float, float],
+    ) -> None:
+        sv = plan.survey
+        self.sv, self.d = sv, float(caps.probe_fwhm_nm)
+        self.led = (
+            ledger.copy()
+            if ledger is not None
+            else DoseLedger(limits.stage_x_min_nm, limits.stage_y_min_nm, limits.dose_cell_nm)
+        )
+        h = sv.fov_nm / 2
+        self.box = (center_nm[0] - h, center_nm[0] + h, center_nm[1] - h, center_nm[1] + h)
+        self.frame_A2 = electrons(sv.current_pA, sv.dwell_s * sv.pixels**2) / (sv.fov_nm**2 * NM2_TO_A2)
+        self.chosen = 0.0  # the most the run-time-chosen spots so far can add to one cell
+        self.best = self.led.peak_in(*self.box)
+
+    def frames(self, n: int) -> None:
+        for _ in range(n):
+            self.best = max(self.best, self.led.predict_image(*self.box, self.frame_A2) + self.chosen)
+            self.led.add_rect(*self.box, self.frame_A2)
+
+    def spot_at(self, x_nm: float, y_nm: float, dwell_s: float) -> None:
+        n_e = electrons(self.sv.current_pA, dwell_s)
+        self.best = max(self.best, self.led.predict_spot(x_nm, y_nm, n_e, self.d) + self.chosen)
+        self.led.add_spot(x_nm, y_nm, n_e, self.d)
+
+    def spots_chosen_at_run_time(self, n: int, dwell_s: float, stride_px: int = 1, repeats: int = 1) -> None:
+        spacing = stride_px * self.sv.fov_nm / self.sv.pixels
+        reach = min(n, self.led.spots_per_cell(spacing, self.d) * repeats)
+        self.chosen += reach * self.led.spot_cell_peak(electrons(self.sv.current_pA, dwell_s), self.d)
+
+    def peak(self) -> float:
+        return max(self.best, self.led.peak_in(*self.box) + self.chosen)
+
+
+def longest_stay_s(
+    limits: SafetyLimits,
+    caps: Capabilities,
+    survey: SurveyStep,
+    frames: int = 1,
+    ledger: DoseLedger | None = None,
+    center_nm: tuple[float, float] = (0.0, 0.0),
+) -> float:
+    """The longest the probe may stay on one spot (s) before the dry run's peak dose — what the
+    ledger holds over the field, ``frames`` more survey frames, and that stay averaged over one
+    cell as the interlock averages it — reaches ``max_dose_e_per_A2``."""
     field_A2 = survey.fov_nm**2 * NM2_TO_A2
+    led = ledger or DoseLedger(limits.stage_x_min_nm, limits.stage_y_min_nm, limits.dose_cell_nm)
+    h = survey.fov_nm / 2
+    held = led.peak_in(center_nm[0] - h, center_nm[0] + h, center_nm[1] - h, center_nm[1] + h)
     room = (
         limits.max_dose_e_per_A2
+        - held
         - frames * electrons(survey.current_pA, survey.dwell_s * survey.pixels**2) / field_A2
     )
-    per_s = electrons(survey.current_pA, 1.0) / (caps.probe_fwhm_nm**2 * NM2_TO_A2)
+    per_s = led.spot_cell_peak(electrons(survey.current_pA, 1.0), caps.probe_fwhm_nm)
     return max(room, 0.0) / per_s
 
 

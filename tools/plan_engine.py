@@ -186,11 +186,7 @@ def execute_plan(
         survey: ImageRecord = store.load(IMAGE_STEP)  # type: ignore[assignment]
     else:
         survey_step = f"{prefix}survey-image"
-        microscope.unblank_beam()
-        try:
-            survey = acq.image(survey_step, fov_nm=sv.fov_nm, pixels=sv.pixels, dwell_s=sv.dwell_s)
-        finally:
-            microscope.blank_beam()
+        survey = acq.image(survey_step, fov_nm=sv.fov_nm, pixels=sv.pixels, dwell_s=sv.dwell_s)
     if (plan.audit or plan.sites) and smap is None:
         raise ValueError("a plan with audit or sites steps needs the survey map")
     run = _Run(
@@ -213,6 +209,7 @@ def execute_plan(
     budgets = plan.step_spectra()
     audit: _Audit | None = None
     extra = 0  # what the plan leaves unspent, for the audit's top-up
+    n_point = 0  # spectrum_at steps so far (identical ones are separate acquisitions)
     for step, budget in zip(plan.steps, budgets, strict=True):
         if stopped_by is not None:
             break
@@ -233,8 +230,9 @@ def execute_plan(
             elif isinstance(step, SitesStep) and budget:
                 n_site = _sites(run, step, budget, smap, rng, n_site)
             elif isinstance(step, SpectrumAtStep) and budget:
-                i = sum(1 for s in plan.steps[: plan.steps.index(step)] if isinstance(s, SpectrumAtStep))
-                _beam(run, _point_at(run, step, f"{prefix}at-{i:02d}"))
+                _point_at(run, step, f"{prefix}at-{n_point:02d}")()
+            if isinstance(step, SpectrumAtStep):
+                n_point += 1
         except CampaignStop as stop:
             stopped_by = str(stop) or "stopped"
             store.append_event("campaign_stopped", reason=stopped_by, step=run.n, prefix=prefix)
@@ -278,14 +276,6 @@ def execute_plan(
         monitor_events=events,
         figure=figure,
     )
-
-
-def _beam(run: _Run, body: Callable[[], object]) -> object:
-    run.microscope.unblank_beam()
-    try:
-        return body()
-    finally:
-        run.microscope.blank_beam()
 
 
 def _point_at(run: _Run, step: SpectrumAtStep, step_id: str) -> Callable[[], SpectrumRecord]:
@@ -367,7 +357,7 @@ def _audit(audit: _Audit, budget: int) -> bool:
             measure(c)
         return False
 
-    return bool(_beam(audit.run, body))
+    return bool(body())
 
 
 def _audit_index(step_id: str, prefix: str) -> int:
@@ -418,7 +408,7 @@ def _top_up(audit: _Audit, extra: int, smap, survey) -> int:
 
     if decided({c: per_site(vs) for c, vs in raw.items()}, LEVEL):
         return 0
-    _beam(run, body)
+    body()
     log.info("%s: the audit's top-up took %d spectra", h.id, taken)
     return taken
 
@@ -449,7 +439,7 @@ def _sites(run: _Run, step: SitesStep, budget: int, smap, rng, start: int) -> in
                 )
                 k += 1
 
-    _beam(run, body)
+    body()
     return k
 
 

@@ -146,7 +146,7 @@ def run_survey(
 ) -> SurveyResult:
     """Acquire the overview image and spectra of ``plan`` into ``store`` (resumable).
 
-    The beam is unblanked for the survey and blanked again whatever happens.
+    The beam is on only while each acquisition runs (``Acquirer``).
     ``progress(done, total)`` is called after each step. ``positions(image, n)`` chooses where
     the spectra go, deterministically from the stored image (so a resumed survey picks the same).
     """
@@ -164,29 +164,25 @@ def run_survey(
     if plan.current_pA is not None:
         microscope.set_beam_current(plan.current_pA)
     store.append_event("survey_started", plan=plan.model_dump(), resumed=bool(done_before))
-    microscope.unblank_beam()
-    try:
-        image = acq.image(
-            IMAGE_STEP, fov_nm=plan.fov_nm, pixels=plan.pixels, dwell_s=plan.dwell_s, rows=plan.rows
+    image = acq.image(
+        IMAGE_STEP, fov_nm=plan.fov_nm, pixels=plan.pixels, dwell_s=plan.dwell_s, rows=plan.rows
+    )
+    if progress:
+        progress(1, total)
+    spectra = []
+    for i, (x, y) in enumerate(positions(image, plan.spectra)):
+        spectra.append(
+            acq.spectrum(
+                spectrum_step(i),
+                x_nm=x,
+                y_nm=y,
+                dwell_s=plan.spectrum_dwell_s,
+                energy_min_eV=plan.energy_min_eV,
+                energy_max_eV=plan.energy_max_eV,
+            )
         )
         if progress:
-            progress(1, total)
-        spectra = []
-        for i, (x, y) in enumerate(positions(image, plan.spectra)):
-            spectra.append(
-                acq.spectrum(
-                    spectrum_step(i),
-                    x_nm=x,
-                    y_nm=y,
-                    dwell_s=plan.spectrum_dwell_s,
-                    energy_min_eV=plan.energy_min_eV,
-                    energy_max_eV=plan.energy_max_eV,
-                )
-            )
-            if progress:
-                progress(2 + i, total)
-    finally:
-        microscope.blank_beam()
+            progress(2 + i, total)
     reused = len(done_before & ({IMAGE_STEP} | {spectrum_step(i) for i in range(plan.spectra)}))
     store.append_event("survey_complete", steps=total, reused_steps=reused)
     return SurveyResult(image=image, spectra=spectra, reused_steps=reused)

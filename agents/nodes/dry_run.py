@@ -34,6 +34,7 @@ def dry_run_node(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         usage_of(ctx, state),
         run_budget_left=budget_left(state, ctx),
         center_nm=tuple(s["center_nm"]),
+        ledger=ctx.microscope.dose_ledger(),
     )
     ctx.store.append_event("dry_run", hypothesis_id=p.hypothesis_id, ok=d.ok, **d.model_dump(mode="json"))
     return {"dry_run": d.model_dump(mode="json")}

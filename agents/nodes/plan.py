@@ -43,7 +43,14 @@ def plan(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
 
     present = state["survey"].get("classes") or {}
 
-    stay = longest_stay_s(ctx.microscope.limits, caps, survey)
+    stay = longest_stay_s(
+        ctx.microscope.limits,
+        caps,
+        survey,
+        frames=0,  # the run's survey is in the ledger already
+        ledger=ctx.microscope.dose_ledger(),
+        center_nm=tuple(state["survey"]["center_nm"]),
+    )
 
     def fallback() -> Plan:
         return deterministic.plan(
