@@ -33,7 +33,7 @@ from autoscope.instruments.errors import (
     SafetyLimitExceeded,
     validation_field,
 )
-from autoscope.instruments.safety import SafetyLimits
+from autoscope.instruments.safety import DOSE_EVENTS, SafetyLimits
 
 log = logging.getLogger("autoscope")
 app = typer.Typer(help="Automated STEM experiments.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -97,7 +97,7 @@ def _open_for_run(store, limits, scenario, seed, sim_config, replay, remote, tok
     return open_microscope(
         limits,
         on_event=lambda e: store.append_event(**e),
-        history=store.events("acquisition"),
+        history=store.events(DOSE_EVENTS),
         scenario=scenario,
         seed=seed,
         sim_config=sim_config,
@@ -507,6 +507,11 @@ def instrument_serve(
             )
         state = ServerState(state_dir or settings.server_state_dir or default_state_dir(at))
         history = state.history()
+
+        def remember(event: dict) -> None:  # the dose between requests, charged again on restart
+            if event["kind"] == "beam_dose":
+                state.add_acquisition(event)
+
         scope = open_microscope(
             _limits(limits),
             scenario=scenario,
@@ -514,6 +519,7 @@ def instrument_serve(
             sim_config=sim_config,
             replay=replay,
             history=history,
+            on_event=remember,
         )
         if history:
             log.warning(

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from langgraph.types import Command
 
+from autoscope.agents.checkpoint_serde import SafeSerializer
 from autoscope.agents.context import RunContext
 from autoscope.agents.gates import AutonomyPolicy, GateRequest, GateResponse
 from autoscope.agents.graph import build_graph
@@ -31,7 +32,7 @@ from autoscope.agents.run_spec import RunSpec
 from autoscope.agents.settings import Settings, load_settings
 from autoscope.instruments.errors import ConfigError
 from autoscope.instruments.protocols import Microscope
-from autoscope.instruments.safety import SafeMicroscope, SafetyLimits
+from autoscope.instruments.safety import DOSE_EVENTS, SafeMicroscope, SafetyLimits
 from autoscope.tools.campaign import StepInfo
 from autoscope.tools.store import RunStore
 
@@ -61,13 +62,17 @@ class RunOutcome:
 
 @contextlib.contextmanager
 def open_checkpointer(run_dir: Path, url: str | None) -> Iterator[Any]:
-    """SQLite in the run directory by default; PostgreSQL when ``url`` is a postgresql:// URL."""
+    """SQLite in the run directory by default; PostgreSQL when ``url`` is a postgresql:// URL.
+
+    Either way checkpoints are written and read by ``SafeSerializer``: no pickle, and nothing a
+    checkpoint names is imported or called unless it is one of LangGraph's own safe types."""
     if url:
         if not url.startswith(("postgres://", "postgresql://")):
             raise ConfigError("checkpoint_url", f"expected a postgresql:// URL, got {url!r}")
         from langgraph.checkpoint.postgres import PostgresSaver
 
         with PostgresSaver.from_conn_string(url) as saver:
+            saver.serde = SafeSerializer()
             saver.setup()
             yield saver
         return
@@ -75,7 +80,7 @@ def open_checkpointer(run_dir: Path, url: str | None) -> Iterator[Any]:
 
     conn = sqlite3.connect(str(run_dir / CHECKPOINTS), check_same_thread=False)
     try:
-        saver = SqliteSaver(conn)
+        saver = SqliteSaver(conn, serde=SafeSerializer())
         saver.setup()
         yield saver
     finally:
@@ -299,7 +304,7 @@ def launch(
         if replay is not None:
             spec = fit_template(spec, inner.capabilities())
         scope = SafeMicroscope(
-            inner, limits, on_event=lambda e: store.append_event(**e), history=store.events("acquisition")
+            inner, limits, on_event=lambda e: store.append_event(**e), history=store.events(DOSE_EVENTS)
         )
         return run_graph(
             run_dir,

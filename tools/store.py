@@ -324,9 +324,10 @@ class RunStore:
         with self._mutex:
             return dict(self._write_event(event))
 
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """All events in log order (copies), or those of one ``kind``."""
-        return [json.loads(json.dumps(e)) for e in self._events if kind is None or e.get("kind") == kind]
+    def events(self, kind: str | tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """All events in log order (copies), or those of one ``kind`` (or of any of several)."""
+        kinds = (kind,) if isinstance(kind, str) else kind
+        return [json.loads(json.dumps(e)) for e in self._events if kinds is None or e.get("kind") in kinds]
 
     @property
     def meta(self) -> dict[str, Any]:
