@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# CPU torch first where no CUDA is present (an unpinned torch pulls a multi-GB CUDA build)
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
-	# llama-cpp-python builds from source (~6 min once; pip caches the wheel)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q -e ".[dev]"
+	# the embedded LLM's extra: llama-cpp-python builds from source (~6 min once; pip caches the wheel)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q -e ".[dev,local]"
 	touch $(STAMP)
 
 setup: $(STAMP)

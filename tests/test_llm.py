@@ -290,3 +290,28 @@ def test_parts_are_assembled_once_and_rebuilt_when_incomplete(tmp_path: Path):
     target.write_bytes(b"GGUF-par")  # an interrupted copy is replaced
     assert assemble(parts, target).read_bytes() == b"GGUF-part-two-3"
     assert [p.name for p in target.parent.iterdir()] == ["model.gguf"]  # no temp file left
+
+
+def test_the_assembled_model_is_checked_against_its_pinned_hash_before_loading(tmp_path: Path, monkeypatch):
+    import hashlib
+
+    from autoscope.agents.llm import local
+
+    parts = []
+    for n, data in enumerate([b"GGUF", b"-weights"], start=1):
+        parts.append(tmp_path / f"part{n}.bin")
+        parts[-1].write_bytes(data)
+    pin = hashlib.sha256(b"GGUF-weights").hexdigest()
+    monkeypatch.setattr(local, "qwen_parts", lambda: parts)
+    monkeypatch.setitem(
+        local.MODELS, "qwen2.5-coder-1.5b", local.MODELS["qwen2.5-coder-1.5b"].__class__("qwen2.5-coder-1.5b", "t", "p", pin)
+    )
+    cache = tmp_path / "cache"
+    path = local.model_path("qwen2.5-coder-1.5b", cache)
+    assert path.read_bytes() == b"GGUF-weights"
+    path.write_bytes(b"EVIL-weights")  # same size: the size check alone would load it
+    assert local.model_path("qwen2.5-coder-1.5b", cache).read_bytes() == b"GGUF-weights"  # re-assembled
+    parts[1].write_bytes(b"-WEIGHTS")  # the installed parts themselves are not the shipped ones
+    path.unlink()
+    with pytest.raises(LLMUnavailable, match="not the pinned"):
+        local.model_path("qwen2.5-coder-1.5b", cache)

