@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     openai_model: str = "gpt-4o-mini"
+    #: openai: the HTTP timeout of a call; local: the longest the model may go without producing
+    #: a token (a stalled decoder). A local answer is bounded by llm_max_tokens, not by wall time,
+    #: so a busy machine gets the same answer later instead of a cut one
     llm_timeout_s: float = Field(default=150.0, gt=0)
     llm_max_tokens: int = Field(default=768, ge=16)
     #: bounded repair attempts after an invalid structured answer

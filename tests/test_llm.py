@@ -304,7 +304,9 @@ def test_the_assembled_model_is_checked_against_its_pinned_hash_before_loading(t
     pin = hashlib.sha256(b"GGUF-weights").hexdigest()
     monkeypatch.setattr(local, "qwen_parts", lambda: parts)
     monkeypatch.setitem(
-        local.MODELS, "qwen2.5-coder-1.5b", local.MODELS["qwen2.5-coder-1.5b"].__class__("qwen2.5-coder-1.5b", "t", "p", pin)
+        local.MODELS,
+        "qwen2.5-coder-1.5b",
+        local.MODELS["qwen2.5-coder-1.5b"].__class__("qwen2.5-coder-1.5b", "t", "p", pin),
     )
     cache = tmp_path / "cache"
     path = local.model_path("qwen2.5-coder-1.5b", cache)
@@ -315,3 +317,42 @@ def test_the_assembled_model_is_checked_against_its_pinned_hash_before_loading(t
     path.unlink()
     with pytest.raises(LLMUnavailable, match="not the pinned"):
         local.model_path("qwen2.5-coder-1.5b", cache)
+
+
+class _SlowModel:
+    """Stands in for llama.cpp: tokens every ``gap_s`` (a busy machine), then optionally a stall."""
+
+    def __init__(self, pieces: list[str], gap_s: float, stall_after: int | None = None, stall_s: float = 0.0):
+        self.pieces, self.gap_s, self.stall_after, self.stall_s = pieces, gap_s, stall_after, stall_s
+
+    def tokenize(self, data: bytes, **_: object) -> list[int]:
+        return list(range(len(data) // 4))
+
+    def create_chat_completion(self, **_: object):
+        import time
+
+        for i, piece in enumerate(self.pieces):
+            time.sleep(self.stall_s if i == self.stall_after else self.gap_s)
+            yield {"choices": [{"delta": {"content": piece}, "finish_reason": None}]}
+        yield {"choices": [{"delta": {}, "finish_reason": "stop"}]}
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python (the local extra)"
+)
+def test_a_slow_machine_gets_the_whole_answer_and_only_a_stalled_decoder_is_cut(monkeypatch):
+    import threading
+
+    from autoscope.agents.llm import local
+
+    answer = ['{"', "element", '": ', '"Au", "count": 2', "}"]
+    llm = local.LocalLLM("smollm2", timeout_s=0.3)
+    slow = _SlowModel(answer, gap_s=0.12)  # 0.6 s in all: twice the timeout, but never 0.3 s idle
+    monkeypatch.setattr(llm, "load", lambda: (slow, threading.Lock()))
+    assert json.loads(llm.complete_json([{"role": "user", "content": "pick"}], Pick, purpose="t")) == {
+        "element": "Au",
+        "count": 2,
+    }
+    stalled = _SlowModel(answer, gap_s=0.01, stall_after=3, stall_s=0.6)
+    monkeypatch.setattr(llm, "load", lambda: (stalled, threading.Lock()))
+    assert llm.complete_json([{"role": "user", "content": "pick"}], Pick, purpose="t") == '{"element": '

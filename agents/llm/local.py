@@ -289,11 +289,13 @@ class LocalLLM:
             mode = "json_object"
         start = time.perf_counter()
         prompt_estimate = estimate_tokens(prompt_text(messages))
-        text, finish, completion, cut = "", None, 0, False
+        text, finish, completion, stalled = "", None, 0, False
         try:
             with lock:
                 prompt_tokens = _count_prompt(llama, messages, prompt_estimate)
-                # streamed, so a runaway answer can be cut at the deadline (AUTOSCOPE_LLM_TIMEOUT_S)
+                # The budget is in tokens (max_tokens), not wall-clock: a busy machine produces the
+                # same answer, later. Streamed only to notice a decoder that stops producing tokens
+                # (no token for timeout_s); the first token comes after the whole prompt is read.
                 stream = llama.create_chat_completion(
                     messages=[dict(m) for m in messages],
                     response_format=_response_format(mode, schema_dict),
@@ -302,16 +304,19 @@ class LocalLLM:
                     seed=0,
                     stream=True,
                 )
+                last = time.perf_counter()
                 for chunk in stream:
+                    now = time.perf_counter()
+                    if completion and now - last > self.timeout_s:
+                        stalled = True
+                        break
                     choice = chunk["choices"][0]
                     piece = choice.get("delta", {}).get("content") or ""
                     if piece:
                         text += piece
                         completion += 1
                     finish = choice.get("finish_reason") or finish
-                    if time.perf_counter() - start > self.timeout_s:
-                        cut = True
-                        break
+                    last = now
                 if hasattr(stream, "close"):
                     stream.close()
         except (
@@ -319,12 +324,25 @@ class LocalLLM:
         ) as exc:  # llama.cpp raises ValueError/RuntimeError (context overflow, decode failure)
             record_call(self, purpose, mode, 0, 0, start, str(exc))
             raise LLMError(f"local model {self.model} failed on {purpose!r}: {exc}") from exc
-        if cut:
-            log.warning("%s: answer cut after %.0f s (AUTOSCOPE_LLM_TIMEOUT_S)", purpose, self.timeout_s)
+        elapsed = time.perf_counter() - start
+        if stalled:
+            log.warning(
+                "%s: no token for more than %.0f s after %d tokens: answer cut (AUTOSCOPE_LLM_TIMEOUT_S)",
+                purpose,
+                self.timeout_s,
+                completion,
+            )
         elif finish == "length":
             log.warning(
                 "%s: answer cut at max_tokens=%d (AUTOSCOPE_LLM_MAX_TOKENS)", purpose, self.max_tokens
             )
+        log.info(
+            "%s: %d tokens in %.1f s (%.1f tokens/s)",
+            purpose,
+            completion,
+            elapsed,
+            completion / max(elapsed, 1e-9),
+        )
         record_call(self, purpose, mode, prompt_tokens, completion, start, None)
         return text
 
