@@ -56,6 +56,11 @@ class _Request(BaseModel):
             raise InvalidRequest(*validation_field(exc)) from None
 
 
+#: the smallest field of view a request may ask for (nm): a picometre, far below any real scan,
+#: so the dose arithmetic (electrons per field area) never divides by an area that underflows
+MIN_FOV_NM = 1e-3
+
+
 class ImageField:
     """The field of an image request or record: ``pixels`` across ``fov_nm``, ``rows`` down."""
 
@@ -82,7 +87,9 @@ class ImageRequest(ImageField, _Request):
     """A scanned image centred on the current stage position: ``pixels`` across ``fov_nm``, and
     ``rows`` down (default ``pixels``: a square field), square pixels."""
 
-    fov_nm: float = Field(gt=0, description="width of the field of view (nm)")
+    fov_nm: float = Field(
+        ge=MIN_FOV_NM, allow_inf_nan=False, description="width of the field of view (nm), 1 pm or more"
+    )
     pixels: int = Field(ge=8, le=4096, description="pixels across (per side of a square field)")
     dwell_s: float = Field(gt=0, le=1.0, description="dwell time per pixel (s)")
     detector: Detector = Detector.HAADF

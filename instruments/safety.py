@@ -104,6 +104,15 @@ class SafetyLimits(BaseModel):
         return load_model(cls, path, "limits")
 
 
+def _number(field: str, value: Any) -> float:
+    """``value`` as a finite float, or ``InvalidRequest`` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(field, f"{value!r} is not a number")
+    if not math.isfinite(value):
+        raise InvalidRequest(field, f"{value} is not a finite number")
+    return float(value)
+
+
 class SafeMicroscope:
     """A ``Microscope`` that enforces ``SafetyLimits`` on every request to ``inner`` (see module doc)."""
 
@@ -288,8 +297,7 @@ class SafeMicroscope:
     ) -> None:
         lim = self._limits
         for field, value in (("x_nm", x0), ("x_nm", x1), ("y_nm", y0), ("y_nm", y1)):
-            if not math.isfinite(value):
-                raise InvalidRequest(field, f"{value} is not a finite position")
+            _number(field, value)
         for name, value, bad in (
             ("stage_x_min_nm", x0, x0 < lim.stage_x_min_nm),
             ("stage_x_max_nm", x1, x1 > lim.stage_x_max_nm),
@@ -465,8 +473,7 @@ class SafeMicroscope:
     def set_beam_current(self, current_pA: float) -> None:
         lim = self._limits
         request = {"op": "set_beam_current", "current_pA": current_pA}
-        if not math.isfinite(current_pA):
-            raise InvalidRequest("current_pA", f"{current_pA} is not a finite current")
+        current_pA = _number("current_pA", current_pA)
         if current_pA > lim.max_current_pA:
             self._stop(
                 "max_current_pA",

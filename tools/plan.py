@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from autoscope.instruments.records import Capabilities
+from autoscope.instruments.records import MIN_FOV_NM, Capabilities
 from autoscope.tools.grounding.classes import CLASS_GROUPS, ClassName, FeatureClass, members
 from autoscope.tools.grounding.model import SurveyMap
 from autoscope.tools.ml.acquisition import AcquisitionSpec
@@ -120,7 +120,7 @@ class SurveyStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=require_kind)
     kind: Literal["survey"] = "survey"
-    fov_nm: float = Field(gt=0)
+    fov_nm: float = Field(ge=MIN_FOV_NM, allow_inf_nan=False)
     pixels: int = Field(ge=8, le=4096)
     dwell_s: float = Field(gt=0, le=1.0)
     current_pA: float = Field(gt=0)
@@ -432,16 +432,21 @@ def check_plan(plan: Plan, h: Hypothesis, caps: Capabilities) -> None:
             f"steps.0.fov_nm: {sv.fov_nm:g} nm exceeds the instrument's {caps.max_fov_nm:g}"
         )
     lo, hi = signal_window(h)
-    windows = [(s.energy_min_eV, s.energy_max_eV) for s in plan.steps if hasattr(s, "energy_min_eV")]
-    for i, (a, b) in enumerate(windows):
+    for i, step in enumerate(plan.steps):
+        if not hasattr(step, "energy_min_eV"):
+            continue
+        a, b = step.energy_min_eV, step.energy_max_eV
+        bad = "energy_min_eV" if a < caps.energy_min_eV else "energy_max_eV"
         if a < caps.energy_min_eV or b > caps.energy_max_eV:
             raise PlanValidationError(
-                f"energy window {a:g}–{b:g} eV (step {i}) lies outside the spectrometer's "
+                f"steps.{i}.{bad}: energy window {a:g}–{b:g} eV lies outside the spectrometer's "
                 f"{caps.energy_min_eV:g}–{caps.energy_max_eV:g} eV"
             )
         if lo < a or hi > b - caps.dispersion_eV / 2:  # the last channel's centre is one channel below b
+            bad = "energy_min_eV" if lo < a else "energy_max_eV"
             raise PlanValidationError(
-                f"energy window {a:g}–{b:g} eV does not cover the hypothesis signal ({lo:g}–{hi:g} eV)"
+                f"steps.{i}.{bad}: energy window {a:g}–{b:g} eV does not cover the hypothesis signal "
+                f"({lo:g}–{hi:g} eV)"
             )
     if plan.active and plan.seed and plan.seed.points >= plan.active.budget:
         raise PlanValidationError("seed.points: the seeds use the whole active_scan budget")

@@ -264,7 +264,9 @@ class RunStore:
                 try:
                     check_step_id(event.get("step_id"))
                 except ValueError as exc:
-                    raise RunStoreError(f"{path} line {i}: {exc}; the log was not written by autoscope") from None
+                    raise RunStoreError(
+                        f"{path} line {i}: {exc}; the log was not written by autoscope"
+                    ) from None
             self._remember(event)
         if tail:
             if not repair:

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from autoscope.instruments.errors import InvalidRequest
 from autoscope.instruments.protocols import Microscope
-from autoscope.instruments.records import Capabilities, ImageField, ImageRecord, SpectrumRecord
+from autoscope.instruments.records import MIN_FOV_NM, Capabilities, ImageField, ImageRecord, SpectrumRecord
 from autoscope.tools.acquisition import Acquirer
 from autoscope.tools.store import RunStore
 
@@ -37,7 +37,7 @@ class SurveyPlan(ImageField, BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fov_nm: float = Field(gt=0, description="width of the field (nm)")
+    fov_nm: float = Field(ge=MIN_FOV_NM, allow_inf_nan=False, description="width of the field (nm)")
     pixels: int = Field(ge=8, le=4096, description="pixels across")
     rows: int | None = Field(None, ge=1, le=4096, description="pixels down (default: pixels, a square field)")
     dwell_s: float = Field(gt=0, le=1.0)

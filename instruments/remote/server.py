@@ -24,7 +24,10 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autoscope.instruments.errors import InstrumentError, InvalidRequest
 from autoscope.instruments.protocols import Microscope
@@ -168,6 +171,31 @@ def create_app(
     app.state.activity = activity
     app.add_middleware(_ActivityMiddleware, activity=activity)
     app.add_middleware(_BodyLimitMiddleware, limit=MAX_BODY_BYTES)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Any, exc: RequestValidationError) -> Response:
+        """422 with the field named; the offending input is not echoed (it may be NaN or huge)."""
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        loc = errors[0]["loc"] if errors else []
+        field = ".".join(str(p) for p in loc[1:]) if errors and errors[0]["type"] != "json_invalid" else ""
+        field = field or "body"
+        payload = {
+            "error": "invalid_request",
+            "field": field,
+            "message": f"{field}: {errors[0]['msg'] if errors else 'invalid'}",
+            "detail": errors,
+        }
+        return Response(json.dumps(payload, default=str).encode(), 422, media_type=JSON_MEDIA_TYPE)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unreadable_body(request: Any, exc: StarletteHTTPException) -> Response:
+        """A body that is not JSON at all is answered like any bad field: it names ``body``."""
+        if exc.status_code == 400:
+            return _json(InvalidRequest("body", str(exc.detail)).to_dict(), 400)
+        return await http_exception_handler(request, exc)
 
     def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
         if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
