@@ -75,6 +75,8 @@ class Decision(BaseModel):
     who: str = ""
     reason: str = ""
     checkpoint_id: str | None = None
+    #: its place in the run's decisions (0, 1, …): a gate re-run after a kill keeps it
+    index: int | None = None
 
 
 class AutonomyPolicy(BaseModel):
@@ -103,6 +105,13 @@ class AutonomyPolicy(BaseModel):
         return GateResponse(
             action="approve", actor="policy", who=self.level, reason="within the human-set limits"
         )
+
+
+def effective_decisions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The logged ``decision`` events that were acted on: without those a later one ``replaces``
+    (an answer given before a kill, at a checkpoint the run resumed from)."""
+    replaced = {e["replaces"] for e in events if e.get("replaces") is not None}
+    return [e for e in events if e["seq"] not in replaced]
 
 
 def checkpoint_id(config: RunnableConfig) -> str | None:

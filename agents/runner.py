@@ -161,9 +161,14 @@ def run_graph(
                     break
                 pending = None
                 cmd = Command(resume=answer.model_dump(mode="json"))
-            elif snap.values and not snap.next:
-                break  # done
-            graph.invoke(cmd, config, context=ctx)
+            elif snap.values and not snap.next and not snap.tasks:
+                # done. (``next`` leaves out a task whose writes were saved before a kill; such a
+                # task still has to be applied, and the graph goes on from there.)
+                break
+            # "sync": each step's checkpoint is on disk before the next step starts (the default
+            # "async" writes it while the next step runs, so a kill can lose a step whose
+            # instrument actions and log events already happened)
+            graph.invoke(cmd, config, context=ctx, durability="sync")
             snap = graph.get_state(config)
         state = snap.values
         status = "stopped" if pending is not None else state.get("status", "running")

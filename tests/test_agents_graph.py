@@ -35,9 +35,10 @@ def assert_store_consistent(run_dir: Path) -> None:
 
 def assert_log_matches_state(run_dir: Path, summary: dict) -> None:
     """Every decision in the event log is the one in the state the routing acted on, in order."""
+    from autoscope.agents.gates import effective_decisions
     from autoscope.tools.store import RunStore
 
-    logged = RunStore.open(run_dir, read_only=True).events("decision")
+    logged = effective_decisions(RunStore.open(run_dir, read_only=True).events("decision"))
     keys = ("gate", "round", "action", "actor", "who", "reason", "checkpoint_id")
     assert [{k: e[k] for k in keys} for e in logged] == [
         {k: d[k] for k in keys} for d in summary["decisions"]

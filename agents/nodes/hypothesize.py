@@ -14,6 +14,7 @@ from autoscope.agents import deterministic
 from autoscope.agents.context import RunContext
 from autoscope.agents.proposing import propose
 from autoscope.agents.state import GraphState
+from autoscope.agents.untrusted import screen
 from autoscope.tools.grounding import population_grid
 from autoscope.tools.plan import (
     Hypothesis,
@@ -80,6 +81,10 @@ def hypothesize(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         }
         for r in state.get("rounds", [])
     ]
+    untrusted = {"goal": state.get("goal") or ctx.spec.goal, "notes": state.get("notes") or ctx.spec.notes}
+    untrusted |= {f"{r['id']} statement": r["statement"] for r in previous}
+    for channel, text in untrusted.items():
+        screen(ctx.store, channel, text)
     example = proposal.model_dump_json(exclude={"author"})
     own_first = bool(getattr(ctx.llm, "enforces_schema", False))
     h, fell_back = propose(

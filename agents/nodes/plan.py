@@ -8,6 +8,7 @@ from autoscope.agents import deterministic
 from autoscope.agents.context import RunContext
 from autoscope.agents.proposing import propose
 from autoscope.agents.state import GraphState
+from autoscope.agents.untrusted import screen
 from autoscope.tools.dry_run import longest_stay_s
 from autoscope.tools.plan import Hypothesis, Plan, PlanValidationError, SurveyStep, check_plan
 
@@ -42,6 +43,7 @@ def plan(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     ctx.status(f"plan for {h.id}")
 
     present = state["survey"].get("classes") or {}
+    screen(ctx.store, f"{h.id} statement", h.statement)  # a model's words, now in the planner's prompt
 
     stay = longest_stay_s(
         ctx.microscope.limits,

@@ -9,7 +9,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from autoscope.agents.context import RunContext
-from autoscope.agents.gates import GateRequest, GateResponse, ask, gate_update
+from autoscope.agents.gates import Decision, GateRequest, GateResponse, ask, gate_update
 from autoscope.agents.state import GraphState
 from autoscope.tools.dry_run import DryRun
 from autoscope.tools.grounding import population_grid
@@ -29,8 +29,21 @@ def _edited_plan(plan: dict, resp: GateResponse, h: Hypothesis, ctx: RunContext)
     return {"plan": edited.model_dump(mode="json"), "dry_run": None}
 
 
-def _record(ctx: RunContext, decision) -> None:
-    ctx.store.append_event("decision", **decision.model_dump())
+def _record(ctx: RunContext, decision: Decision, state: GraphState) -> Decision:
+    """Log the decision the routing acts on, numbered by its place in the run's decisions.
+
+    A gate re-run after a kill (its answer logged, the state that holds it never checkpointed)
+    comes back with the same number: the same answer again is not logged twice; another answer
+    is logged as replacing the first, which was never acted on."""
+    decision = decision.model_copy(update={"index": len(state.get("decisions") or [])})
+    fields = decision.model_dump()
+    same = [e for e in ctx.store.events("decision") if e.get("index") == decision.index]
+    keys = ("gate", "round", "action", "actor", "who", "reason")
+    if same and all(same[-1].get(k) == fields[k] for k in keys):
+        return decision
+    extra = {"replaces": same[-1]["seq"]} if same else {}
+    ctx.store.append_event("decision", **fields, **extra)
+    return decision
 
 
 def hypothesis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunContext]) -> GraphState:
@@ -59,7 +72,7 @@ def hypothesis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[
 
     resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
     ctx.gate_answered()
-    _record(ctx, decision)
+    decision = _record(ctx, decision, state)
     if update.get("hypothesis"):  # the log holds the hypothesis that is tested, not only the proposal
         ctx.store.append_event("hypothesis", **update["hypothesis"])
     return gate_update(resp, decision, update)
@@ -84,7 +97,7 @@ def plan_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[RunCon
 
     resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
     ctx.gate_answered()
-    _record(ctx, decision)
+    decision = _record(ctx, decision, state)
     return gate_update(resp, decision, update)
 
 
@@ -124,7 +137,7 @@ def intervention_gate(state: GraphState, config: RunnableConfig, runtime: Runtim
 
     resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
     ctx.gate_answered()
-    _record(ctx, decision)
+    decision = _record(ctx, decision, state)
     return gate_update(resp, decision, update)
 
 
@@ -159,5 +172,5 @@ def analysis_gate(state: GraphState, config: RunnableConfig, runtime: Runtime[Ru
 
     resp, update, decision = ask(req, ctx.gate_policy(), validate, config)
     ctx.gate_answered()
-    _record(ctx, decision)
+    decision = _record(ctx, decision, state)
     return gate_update(resp, decision, update)
