@@ -537,6 +537,7 @@ def instrument_serve(
 bench_app.command("discovery")(cli_bench.discovery)
 bench_app.command("science")(cli_bench.science)
 bench_app.command("score")(cli_bench.score)
+bench_app.command("reliability")(cli_bench.reliability)
 app.command("run")(cli_run.run)
 app.command("resume")(cli_run.resume)
 app.command("chat")(cli_run.chat)

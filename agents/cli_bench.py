@@ -220,3 +220,34 @@ def _discovery_table(result: dict, seeds: int, budget: int, top_fraction: float)
     Console().print(table)
     for e in result["errors"]:
         err.print(f"[red]{e['method']} seed {e['seed']} failed:[/red] {e['error']}", highlight=False)
+
+
+def reliability(
+    quick: Annotated[bool, typer.Option("--quick", help="Reduced sizes (a few minutes).")] = False,
+    local_cases: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Injection cases also run with the embedded local model (default 3; 0 quick)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated cases and kill moments.")] = 0,
+    keep: Annotated[Path | None, typer.Option(help="Keep the run directories here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (every case included).")] = False,
+) -> None:
+    """Fuzzing, SIGKILLs, faults with server restarts and prompt injection, with the figures.
+
+    Exit 1 when a claim does not hold (a request beyond a limit reached the twin, a crash,
+    a duplicated or lost acquisition, an unsafe plan approved by the policy...)."""
+    from autoscope.agents.cli import _cli_errors
+    from autoscope.evals.reliability import run, table
+
+    with _cli_errors():
+        report = run(keep, quick=quick, seed=seed, local_cases=local_cases)
+    if as_json:
+        typer.echo(json.dumps(report, default=str))
+    else:
+        typer.echo(table(report))
+        for claim, ok in report["holds"].items():
+            typer.echo(f"{'holds' if ok else 'FAILS'}: {claim}")
+    if not all(report["holds"].values()):
+        raise typer.Exit(1)

@@ -206,12 +206,20 @@ def run_case(
 
 
 def run_cases(
-    out: Path, *, llm_factory: Callable[[Case], Any] | None = None, cases: list[Case] = CASES
+    out: Path,
+    *,
+    llm_factory: Callable[[Case], Any] | None = None,
+    cases: list[Case] = CASES,
+    stamped: bool = True,
 ) -> dict:
+    """Every case under the policy and (``stamped``) again with a person approving every gate."""
     rows = []
     for i, case in enumerate(cases):
-        rows.append(run_case(case, out / f"case-{i:02d}", llm=llm_factory(case) if llm_factory else None))
-        log.info("injection %s: %s", case.name, rows[-1])
+        for stamp in (False, True) if stamped else (False,):
+            llm = llm_factory(case) if llm_factory else None
+            where = out / f"case-{i:02d}{'-stamped' if stamp else ''}"
+            rows.append(run_case(case, where, llm=llm, stamped=stamp))
+            log.info("injection %s: %s", case.name, rows[-1])
     return {
         "cases": len(rows),
         "reached": sum(r["reached"] for r in rows),

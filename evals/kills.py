@@ -210,3 +210,127 @@ def _totals(runs: list[dict], kill_log: list[dict]) -> dict[str, Any]:
         "per_run": runs,
         "kill_log": kill_log,
     }
+
+
+def _server(port: int, token: str, state: Path, sim_config: Path, log_path: Path) -> subprocess.Popen:
+    args = ["instrument", "serve", "--scenario", "plasmonic", "--sim-config", str(sim_config)]
+    args += ["--port", str(port), "--token", token, "--state-dir", str(state), "--idle-exit-s", "300"]
+    return _autoscope(args, {**os.environ, "AUTOSCOPE_LOG_LEVEL": "WARNING"}, log_path)
+
+
+def _healthy(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"instrument server exited {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("instrument server did not come up")
+
+
+def server_duplicates(state: Path) -> int:
+    """Acquisitions the server made twice for one request id (from its own ledger)."""
+    import sqlite3
+
+    with sqlite3.connect(state / "server-state.sqlite") as db:
+        rows = db.execute(
+            "SELECT request_id, COUNT(*) FROM acquisitions WHERE request_id IS NOT NULL GROUP BY request_id"
+        ).fetchall()
+    return sum(n - 1 for _, n in rows if n > 1)
+
+
+def fault_runs(
+    out: Path, *, runs: int = 3, fault_rate: float = 0.05, seed: int = 0, budget: int = 36, rounds: int = 2
+) -> dict[str, Any]:
+    """Whole runs against a served twin with ``fault_rate`` of requests failing (timeouts,
+    disconnects, corrupted frames in equal shares); in each, the server is SIGKILLed after a few
+    acquisitions and restarted on the same port with the same state directory."""
+    import secrets
+    import socket
+
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    sim = out / "faults.yaml"
+    third = fault_rate / 3
+    sim.write_text(
+        yaml.safe_dump({"timeout_rate": third, "disconnect_rate": third, "corrupt_frame_rate": third})
+    )
+    rows = []
+    for r in range(runs):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        token, state = secrets.token_urlsafe(12), out / f"server-state-{r:02d}"
+        server_log = out / f"server-{r:02d}.log"
+        server = _server(port, token, state, sim, server_log)
+        _healthy(port, server)
+        run_dir = out / f"run-{r:02d}"
+        env = {**os.environ, "AUTOSCOPE_LOG_LEVEL": "WARNING", "AUTOSCOPE_REMOTE_RETRIES": "8"}
+        args = ["run", "--remote", f"http://127.0.0.1:{port}", "--token", token, "--llm", "none"]
+        args += [
+            "--scenario",
+            "plasmonic",
+            "--budget",
+            str(budget),
+            "--rounds",
+            str(rounds),
+            "--out",
+            str(run_dir),
+        ]
+        proc = _autoscope(args, env, out / f"run-{r:02d}.log")
+        restarts = 0
+        try:
+            watch = run_dir / "events.jsonl"
+            nth = rng.randint(3, 12)
+            while proc.poll() is None and _count(watch, "acquisition") < nth:
+                time.sleep(0.01)
+            if proc.poll() is None:
+                server.send_signal(signal.SIGKILL)
+                server.wait()
+                time.sleep(rng.uniform(0.2, 1.0))
+                server = _server(port, token, state, sim, server_log)
+                _healthy(port, server)
+                restarts += 1
+            rc = proc.wait(1800)
+            resumes = 0
+            while rc not in (0, 3) and resumes < 3:  # a fault beyond the retries: resume it
+                resumes += 1
+                rc = _autoscope(
+                    ["resume", str(run_dir), "--token", token], env, out / f"run-{r:02d}.log"
+                ).wait(1800)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            server.send_signal(signal.SIGTERM)
+            server.wait(20)
+        audit = audit_run(run_dir)
+        store = RunStore.open(run_dir, read_only=True)
+        failures = store.events("acquisition_failed")
+        rows.append(
+            audit
+            | {
+                "exit": rc,
+                "server_restarts": restarts,
+                "resumes": resumes,
+                "faults_retried": len(failures),
+                "server_duplicates": server_duplicates(state),
+            }
+        )
+    return {
+        "fault_rate": fault_rate,
+        "runs": len(rows),
+        "completed": sum(1 for x in rows if not x["problems"]),
+        "server_restarts": sum(x["server_restarts"] for x in rows),
+        "faults_retried": sum(x["faults_retried"] for x in rows),
+        "duplicates": sum(x["duplicates"] + x["server_duplicates"] for x in rows),
+        "lost": sum(x["lost"] for x in rows),
+        "problems": [f"{x['run']}: {p}" for x in rows for p in x["problems"]],
+        "per_run": rows,
+    }
