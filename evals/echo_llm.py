@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +23,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from autoscope.instruments.remote.server import serve_in_thread
 
 Obey = Callable[[dict, str], dict]
 
@@ -77,31 +77,11 @@ def build_app(*, delay_s: float = 0.0, log: Path | None = None, obey: Obey | Non
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def echo_llm(**kwargs: Any) -> Iterator[str]:
     """A running echo server in this process; yields its base URL (ending in /v1)."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(**kwargs), host="127.0.0.1", port=port, log_level="critical")
-    )
-    thread = threading.Thread(target=server.run, daemon=True, name=f"echo-llm-{port}")
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("echo LLM server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(build_app(**kwargs), name="echo-llm") as url:
+        yield f"{url}/v1"
 
 
 def main() -> None:  # pragma: no cover - a process entry point

@@ -24,10 +24,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,30 +302,6 @@ _ROUTES = {
 }
 
 
-@contextlib.contextmanager
-def _served(app: Any) -> Iterator[str]:
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True, name="fuzz-server")
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("fuzz server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def _body() -> st.SearchStrategy[tuple[str, Any]]:
     def for_route(route: str) -> st.SearchStrategy:
         sane = {
@@ -346,13 +320,13 @@ def _body() -> st.SearchStrategy[tuple[str, Any]]:
 
 def fuzz_http(n: int, seed: int = 0) -> tuple[Tally, list[str], int]:
     """JSON (and non-JSON) bodies to every POST route of a served, interlocked twin."""
-    from autoscope.instruments.remote.server import create_app
+    from autoscope.instruments.remote.server import create_app, serve_in_thread
 
     tally = Tally("HTTP bodies")
     scope, rec = fuzzed_instrument(limits=FUZZ_LIMITS.model_copy(update={"max_acquisitions": 10**6}))
     token = "fuzz-token"
     with (
-        _served(create_app(scope, token)) as url,
+        serve_in_thread(create_app(scope, token), name="fuzz-server") as url,
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http,
     ):
         http.post("/beam/unblank")

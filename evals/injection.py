@@ -44,24 +44,20 @@ def _current(plan: dict) -> dict:
     return plan
 
 
-def _off_stage(plan: dict) -> dict:
+def _spectrum_at(plan: dict, x_nm: float, dwell_s: float) -> dict:
+    """A ``spectrum_at`` step in the window of the plan's first spectrum step."""
     win = next(s for s in plan["steps"] if "energy_min_eV" in s)
-    plan["steps"].insert(
-        1,
-        {"kind": "spectrum_at", "x_nm": 90_000.0, "y_nm": 0.0, "dwell_s": 0.05,
-         "energy_min_eV": win["energy_min_eV"], "energy_max_eV": win["energy_max_eV"]},
-    )  # fmt: skip
+    return {"kind": "spectrum_at", "x_nm": x_nm, "y_nm": 0.0, "dwell_s": dwell_s,
+            "energy_min_eV": win["energy_min_eV"], "energy_max_eV": win["energy_max_eV"]}  # fmt: skip
+
+
+def _off_stage(plan: dict) -> dict:
+    plan["steps"].insert(1, _spectrum_at(plan, 90_000.0, 0.05))
     return plan
 
 
 def _long_dwell(plan: dict) -> dict:
-    win = next(s for s in plan["steps"] if "energy_min_eV" in s)
-    plan["steps"].insert(
-        1,
-        {"kind": "spectrum_at", "x_nm": 0.0, "y_nm": 0.0, "dwell_s": 60.0,
-         "energy_min_eV": win["energy_min_eV"], "energy_max_eV": win["energy_max_eV"]},
-    )  # fmt: skip
-    plan["steps"] += [dict(plan["steps"][1]) for _ in range(9)]  # ten minutes on one spot
+    plan["steps"][1:1] = [_spectrum_at(plan, 0.0, 60.0) for _ in range(10)]  # ten minutes on one spot
     return plan
 
 

@@ -251,9 +251,10 @@ def fault_runs(
     disconnects, corrupted frames in equal shares); in each, the server is SIGKILLed after a few
     acquisitions and restarted on the same port with the same state directory."""
     import secrets
-    import socket
 
     import yaml
+
+    from autoscope.instruments.remote.server import free_port
 
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -264,9 +265,7 @@ def fault_runs(
     )
     rows = []
     for r in range(runs):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         token, state = secrets.token_urlsafe(12), out / f"server-state-{r:02d}"
         server_log = out / f"server-{r:02d}.log"
         server = _server(port, token, state, sim, server_log)

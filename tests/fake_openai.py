@@ -7,17 +7,15 @@ not support JSON schemas (or JSON mode) do, and records every request it got.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from autoscope.tests.servers import free_port
+from autoscope.instruments.remote.server import serve_in_thread
 
 LEVELS = {"prompt": 0, "json_object": 1, "json_schema": 2}
 
@@ -100,18 +98,6 @@ def fake_openai(
 ) -> Iterator[FakeOpenAI]:
     """A running fake server (``.url`` ends in /v1), stopped on exit."""
     fake = FakeOpenAI(capability, answers or [], **kwargs)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name=f"fake-openai-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"fake OpenAI server on port {port} did not start")
-        time.sleep(0.01)
-    fake.url = f"http://127.0.0.1:{port}/v1"
-    try:
+    with serve_in_thread(fake.app, name="fake-openai") as url:
+        fake.url = f"{url}/v1"
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(10)

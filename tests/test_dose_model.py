@@ -59,6 +59,25 @@ def _executed(tmp: Path, sv, plan: Plan, limits: SafetyLimits, scope: SafeMicros
         return execute_plan(scope, store, plan, h, seed=0, run_survey_matches=True, smap=sv.smap)
 
 
+def _surveyed_scope(sv, limits: SafetyLimits, scenario: str = "tmd-defects") -> SafeMicroscope:
+    """A twin behind ``limits`` that has taken the run's survey, through the same interlocks."""
+    scope = open_microscope(limits, scenario=scenario, seed=0)
+    scope.set_beam_current(sv.step.current_pA)
+    scope.unblank_beam()
+    scope.acquire_image(sv.step.fov_nm, sv.step.pixels, sv.step.dwell_s)
+    scope.blank_beam()
+    return scope
+
+
+def _dry(sv, plan: Plan, limits: SafetyLimits, scope: SafeMicroscope | None):
+    """The dry run of ``plan`` from the interlocks' ledger as it stands (a fresh one without a scope)."""
+    center = (sv.image.center_x_nm, sv.image.center_y_nm)
+    ledger = scope.dose_ledger() if scope is not None else None
+    return dry_run(
+        plan, sv.caps, limits, Usage(survey=sv.step), run_budget_left=40, center_nm=center, ledger=ledger
+    )
+
+
 def _field(sv) -> tuple[float, float, float, float]:
     h = sv.image.fov_nm / 2
     cx, cy = sv.image.center_x_nm, sv.image.center_y_nm
@@ -69,20 +88,8 @@ def test_the_dry_run_predicts_the_interlocks_peak_exactly_for_known_positions(tm
     cx, cy = tmd.image.center_x_nm, tmd.image.center_y_nm
     plan = _points_plan(tmd, [(cx, cy), (cx, cy), (cx + 0.3, cy), (cx + 2.0, cy + 1.0)], dwell_s=0.5)
     limits = SafetyLimits()
-    scope = open_microscope(limits, scenario="tmd-defects", seed=0)
-    scope.set_beam_current(tmd.step.current_pA)
-    scope.unblank_beam()  # the run's survey, through the same interlocks
-    scope.acquire_image(tmd.step.fov_nm, tmd.step.pixels, tmd.step.dwell_s)
-    scope.blank_beam()
-    d = dry_run(
-        plan,
-        tmd.caps,
-        limits,
-        Usage(survey=tmd.step),
-        run_budget_left=10,
-        center_nm=(cx, cy),
-        ledger=scope.dose_ledger(),
-    )
+    scope = _surveyed_scope(tmd, limits)
+    d = _dry(tmd, plan, limits, scope)
     assert d.ok
     _executed(tmp_path, tmd, plan, limits, scope)
     after = scope.peak_dose_e_per_A2(*_field(tmd))
@@ -98,36 +105,11 @@ def test_the_dry_run_refuses_what_the_interlock_would_stop_and_passes_what_it_le
     cx, cy = tmd.image.center_x_nm, tmd.image.center_y_nm
     plan = _points_plan(tmd, [(cx, cy)] * 6, dwell_s=0.5)
     base = SafetyLimits()
-    probe = open_microscope(base, scenario="tmd-defects", seed=0)
-    probe.set_beam_current(tmd.step.current_pA)
-    probe.unblank_beam()
-    probe.acquire_image(tmd.step.fov_nm, tmd.step.pixels, tmd.step.dwell_s)
-    probe.blank_beam()
-    full = dry_run(
-        plan,
-        tmd.caps,
-        base,
-        Usage(survey=tmd.step),
-        run_budget_left=10,
-        center_nm=(cx, cy),
-        ledger=probe.dose_ledger(),
-    )
+    full = _dry(tmd, plan, base, _surveyed_scope(tmd, base))
     for factor, passes in ((1.001, True), (0.95, False)):  # limits just above and just below the plan's peak
         limits = base.model_copy(update={"max_dose_e_per_A2": full.peak_dose_e_per_A2 * factor})
-        scope = open_microscope(limits, scenario="tmd-defects", seed=0)
-        scope.set_beam_current(tmd.step.current_pA)
-        scope.unblank_beam()
-        scope.acquire_image(tmd.step.fov_nm, tmd.step.pixels, tmd.step.dwell_s)
-        scope.blank_beam()
-        d = dry_run(
-            plan,
-            tmd.caps,
-            limits,
-            Usage(survey=tmd.step),
-            run_budget_left=10,
-            center_nm=(cx, cy),
-            ledger=scope.dose_ledger(),
-        )
+        scope = _surveyed_scope(tmd, limits)
+        d = _dry(tmd, plan, limits, scope)
         assert d.ok is passes
         try:
             _executed(tmp_path / str(factor), tmd, plan, limits, scope)
@@ -143,21 +125,9 @@ def test_a_second_round_starts_from_the_dose_of_the_first(tmd, tmp_path: Path):
     limits = SafetyLimits()
     scope = open_microscope(limits, scenario="tmd-defects", seed=0)
     scope.set_beam_current(tmd.step.current_pA)
-
-    def dry():
-        return dry_run(
-            plan,
-            tmd.caps,
-            limits,
-            Usage(survey=tmd.step),
-            run_budget_left=10,
-            center_nm=(cx, cy),
-            ledger=scope.dose_ledger(),
-        )
-
-    first = dry()
+    first = _dry(tmd, plan, limits, scope)
     _executed(tmp_path, tmd, plan, limits, scope, h_id="H1")
-    second = dry()
+    second = _dry(tmd, plan, limits, scope)
     spot = first.peak_dose_e_per_A2
     assert second.peak_dose_e_per_A2 == pytest.approx(2 * spot, rel=1e-9)
 
@@ -168,21 +138,10 @@ def test_a_run_time_chosen_scan_never_exceeds_its_dry_run_bound(tmp_path: Path):
     sv = surveyed("plasmonic", 0)
     h, plan = a_plan(sv, budget=40)
     limits = SafetyLimits()
-    scope = open_microscope(limits, scenario="plasmonic", seed=0)
-    d = dry_run(
-        plan,
-        sv.caps,
-        limits,
-        Usage(survey=sv.step),
-        run_budget_left=40,
-        center_nm=(sv.image.center_x_nm, sv.image.center_y_nm),
-    )
+    d = _dry(sv, plan, limits, None)  # a fresh ledger: the reused survey is counted as one frame
+    scope = _surveyed_scope(sv, limits, "plasmonic")
     with RunStore.create(tmp_path / "run") as store:
         store.save_image(IMAGE_STEP, sv.image)
-        scope.set_beam_current(sv.step.current_pA)
-        scope.unblank_beam()
-        scope.acquire_image(sv.step.fov_nm, sv.step.pixels, sv.step.dwell_s)  # the survey's dose
-        scope.blank_beam()
         execute_plan(scope, store, plan, h, seed=0, run_survey_matches=True, smap=sv.smap)
     assert scope.peak_dose_e_per_A2(*_field(sv)) <= d.peak_dose_e_per_A2
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from autoscope.instruments.errors import (
     ConnectionLost,
@@ -26,7 +25,7 @@ from autoscope.instruments.errors import (
 from autoscope.instruments.protocols import Microscope
 from autoscope.instruments.records import ImageRecord
 from autoscope.instruments.remote.client import RemoteMicroscope
-from autoscope.instruments.remote.server import create_app, serve
+from autoscope.instruments.remote.server import create_app, serve, serve_in_thread
 from autoscope.instruments.remote.wire import NPY_MEDIA_TYPE, RECORD_HEADER, npy_to_array
 from autoscope.instruments.replay import NoiseModel, ReplayMicroscope, SpectrumImage
 from autoscope.tests.servers import free_port
@@ -46,22 +45,7 @@ def _replay() -> ReplayMicroscope:
     return ReplayMicroscope(si, seed=1)
 
 
-@contextlib.contextmanager
-def _serving(app) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port in a thread; yield its URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+_serving = serve_in_thread
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,14 @@ disk (``state.ServerState``) and survives a kill and restart of the server.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -356,6 +357,35 @@ def create_app(
 
     app.include_router(api)
     return app
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, *, name: str = "server", start_timeout_s: float = 20.0) -> Iterator[str]:
+    """Serve an ASGI ``app`` with uvicorn on a free loopback port in a daemon thread; yield its
+    URL (``http://127.0.0.1:PORT``) and stop the server on exit. For benchmarks and tests."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True, name=f"{name}-{port}")
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} on port {port} did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def _stop_when_idle(server: uvicorn.Server, activity: _Activity, idle_exit_s: float) -> None:
