@@ -152,7 +152,9 @@ def table(r: dict[str, Any]) -> str:
     moments = ", ".join(f"{n} {m}" for m, n in sorted(k["kill_moments"].items()))
     lines += [
         f"| SIGKILL of `autoscope run` | **{k['kills']} kills** ({moments}) in {k['runs']} runs: "
-        f"{k['completed']}/{k['runs']} resumed to the end, **{k['duplicates']} duplicates, {k['lost']} lost** |",
+        f"{k['kills'] if k['completed'] == k['runs'] else 'not all'}/{k['kills']} survived "
+        f"({k['completed']}/{k['runs']} runs resumed to the end), "
+        f"**{k['duplicates']} duplicates, {k['lost']} lost** |",
         f"| faults + server restarts | {fl['fault_rate']:.0%} injected faults ({fl['faults_retried']} retried), "
         f"{fl['server_restarts']} server SIGKILLs and restarts: {fl['completed']}/{fl['runs']} runs complete, "
         f"**{fl['duplicates']} duplicates, {fl['lost']} lost** |",
