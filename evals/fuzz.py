@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -370,17 +368,6 @@ def fuzz_http(n: int, seed: int = 0) -> tuple[Tally, list[str], int]:
         if http.get("/health").status_code != 200:
             tally.crashes.append("the server stopped answering /health")
     return tally, rec.violations, rec.requests
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)
-
-
-def summarise(tallies: list[Tally]) -> dict[str, Any]:
-    total = Counter()
-    for t in tallies:
-        total.update({"cases": t.cases, "rejected": t.rejected, "accepted": t.accepted})
-    return dict(total)
 
 
 # ------------------------------------------------------------------ plans

@@ -218,19 +218,23 @@ def _server(port: int, token: str, state: Path, sim_config: Path, log_path: Path
     return _autoscope(args, {**os.environ, "AUTOSCOPE_LOG_LEVEL": "WARNING"}, log_path)
 
 
-def _healthy(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+def wait_healthy(
+    proc: subprocess.Popen, url: str, log_path: Path | None = None, timeout_s: float = 60.0
+) -> None:
+    """Wait until the server process at ``url`` answers ``/health``; its log in the error if it exits."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"instrument server exited {proc.returncode}")
+            log_text = log_path.read_text(errors="replace") if log_path and log_path.exists() else ""
+            raise RuntimeError(f"instrument server exited {proc.returncode}:\n{log_text}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
                 return
-        except httpx.HTTPError:
+        except httpx.TransportError:
             time.sleep(0.05)
-    raise RuntimeError("instrument server did not come up")
+    raise RuntimeError(f"instrument server at {url} did not answer /health")
 
 
 def server_duplicates(state: Path) -> int:
@@ -269,7 +273,7 @@ def fault_runs(
         token, state = secrets.token_urlsafe(12), out / f"server-state-{r:02d}"
         server_log = out / f"server-{r:02d}.log"
         server = _server(port, token, state, sim, server_log)
-        _healthy(port, server)
+        wait_healthy(server, f"http://127.0.0.1:{port}", server_log)
         run_dir = out / f"run-{r:02d}"
         env = {**os.environ, "AUTOSCOPE_LOG_LEVEL": "WARNING", "AUTOSCOPE_REMOTE_RETRIES": "8"}
         args = ["run", "--remote", f"http://127.0.0.1:{port}", "--token", token, "--llm", "none"]
@@ -295,7 +299,7 @@ def fault_runs(
                 server.wait()
                 time.sleep(rng.uniform(0.2, 1.0))
                 server = _server(port, token, state, sim, server_log)
-                _healthy(port, server)
+                wait_healthy(server, f"http://127.0.0.1:{port}", server_log)
                 restarts += 1
             rc = proc.wait(1800)
             resumes = 0

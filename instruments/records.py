@@ -12,6 +12,8 @@ image column, ``y_nm`` with the image row. An image is centred on the stage posi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from enum import StrEnum
 from typing import Any
@@ -303,3 +305,19 @@ def energy_axis(req: SpectrumRequest, caps: Capabilities) -> tuple[float, int]:
             f"window of {channels} channels exceeds {caps.max_channels} at {caps.dispersion_eV} eV/channel",
         )
     return req.energy_min_eV, max(channels, 1)
+
+
+def request_sha256(request: dict[str, Any]) -> str:
+    """The fingerprint of a request: SHA-256 of its canonical JSON (floats to 12 significant digits,
+    so a value that went through JSON and back hashes the same)."""
+
+    def canon(v: Any) -> Any:
+        if isinstance(v, float):
+            return float(f"{v:.12g}")
+        if isinstance(v, dict):
+            return {k: canon(x) for k, x in sorted(v.items())}
+        if isinstance(v, list | tuple):
+            return [canon(x) for x in v]
+        return v
+
+    return hashlib.sha256(json.dumps(canon(request), sort_keys=True).encode()).hexdigest()

@@ -147,15 +147,8 @@ class SafeMicroscope:
     def _charge_event(self, event: dict[str, Any]) -> None:
         """Count an exposure made before this wrapper existed (from its stored event)."""
         if event.get("kind") == "beam_dose":
-            self._used["dose_e"] += float(event["dose_e"])
-            self._ledger.add_path(
-                float(event["x_nm"]),
-                float(event["y_nm"]),
-                float(event["x1_nm"]),
-                float(event["y1_nm"]),
-                float(event["dose_e"]),
-                self._probe_fwhm_nm,
-            )
+            ends = (float(event[k]) for k in ("x_nm", "y_nm", "x1_nm", "y1_nm"))
+            self._beam_deposit(*ends, float(event["dose_e"]))
             return
         self._charge(float(event["dose_e"]))
         if event.get("record") == "image":
@@ -219,6 +212,11 @@ class SafeMicroscope:
         return self._ledger.copy()
 
     # ---------------------------------------------------------------- the beam between requests
+    def _beam_deposit(self, x0: float, y0: float, x1: float, y1: float, n_e: float) -> None:
+        """Charge electrons of the beam outside an acquisition (parked, or along a stage path)."""
+        self._used["dose_e"] += n_e
+        self._ledger.add_path(x0, y0, x1, y1, n_e, self._probe_fwhm_nm)
+
     def _beam_dose(self, path_to: tuple[float, float] | None = None, now_s: float | None = None) -> float:
         """Charge what the unblanked beam delivered since the last request (parked at the probe,
         or dragged to ``path_to`` by a stage move); returns the instrument clock now."""
@@ -232,8 +230,7 @@ class SafeMicroscope:
         n_e = electrons(current, elapsed)
         x0, y0 = self._inner.probe_position_nm() if path_to is None else path_to[:2]
         x1, y1 = (x0, y0) if path_to is None else path_to[2:]  # type: ignore[misc]
-        self._used["dose_e"] += n_e
-        self._ledger.add_path(x0, y0, x1, y1, n_e, self._probe_fwhm_nm)
+        self._beam_deposit(x0, y0, x1, y1, n_e)
         event = {
             "kind": "beam_dose",
             "reason": "parked" if path_to is None else "stage_move",

@@ -7,12 +7,10 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
+from autoscope.evals import kills
 from autoscope.instruments.remote.server import free_port
 
 
@@ -36,18 +34,8 @@ def start_server(
 
 
 def wait_healthy(proc: subprocess.Popen, url: str, log_dir: Path, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
     port = url.rsplit(":", 1)[1]
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log = (log_dir / f"server-{port}.log").read_text()
-            raise RuntimeError(f"instrument server exited {proc.returncode}:\n{log}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"instrument server at {url} did not answer /health")
+    kills.wait_healthy(proc, url, log_dir / f"server-{port}.log", timeout_s)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

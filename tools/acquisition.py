@@ -23,8 +23,6 @@ person is asked or the stage moves.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -46,6 +44,7 @@ from autoscope.instruments.records import (
     ImageRequest,
     SpectrumRecord,
     SpectrumRequest,
+    request_sha256,
 )
 from autoscope.tools.store import RunStore
 
@@ -79,22 +78,6 @@ class StepConflict(InvalidRequest):
 _TRANSIENT = (InstrumentTimeout, ConnectionLost, CorruptFrame)
 OnConflict = Literal["refuse", "rekey"]
 MAX_REVISIONS = 100
-
-
-def request_sha256(request: dict[str, Any]) -> str:
-    """The fingerprint of a request: SHA-256 of its canonical JSON (floats to 12 significant digits,
-    so a value that went through JSON and back hashes the same)."""
-
-    def canon(v: Any) -> Any:
-        if isinstance(v, float):
-            return float(f"{v:.12g}")
-        if isinstance(v, dict):
-            return {k: canon(x) for k, x in sorted(v.items())}
-        if isinstance(v, list | tuple):
-            return [canon(x) for x in v]
-        return v
-
-    return hashlib.sha256(json.dumps(canon(request), sort_keys=True).encode()).hexdigest()
 
 
 def request_differences(stored: dict[str, Any], asked: dict[str, Any]) -> list[str]:
@@ -155,20 +138,24 @@ class Acquirer:
             reraise=True,
         )
 
-    def _stored(self, step_id: str, request: dict[str, Any]) -> tuple[str, bool]:
-        """The step id to use for ``request`` and whether it is already stored there."""
+    def _stored(self, step_id: str, request: dict[str, Any]) -> tuple[str, bool, dict[str, Any]]:
+        """The step id to use for ``request``, whether it is already stored there, and the request
+        as compared. The beam current is asked of the instrument only when there is a stored step
+        to compare with; a new acquisition records the current its record reports."""
         for n in range(1, MAX_REVISIONS + 1):
             sid = revision_id(step_id, n)
             if not self.store.has_step(sid):
-                return sid, False
+                return sid, False, request
+            if "current_pA" not in request:
+                request = {**request, "current_pA": float(self.microscope.beam_current_pA())}
             event = self.store.step_event(sid)
             stored = event.get("request")
             if stored is None:  # a run stored before requests were fingerprinted
                 log.info("step %s has no stored request (an older run); reused as it is", sid)
-                return sid, True
+                return sid, True, request
             diff = request_differences(stored, request)
             if not diff:
-                return sid, True
+                return sid, True, request
             if self.on_conflict == "refuse":
                 raise StepConflict(
                     diff[0].split(" ", 1)[0],
@@ -188,7 +175,7 @@ class Acquirer:
     ) -> Record:
         """The record of ``step_id`` for ``request``: read back when stored with the same request,
         else acquired (retried), checked and stored (under a new revision if the id was taken)."""
-        sid, stored = self._stored(step_id, request)
+        sid, stored, request = self._stored(step_id, request)
         if stored:
             log.info("step %s already in the store; not re-acquired", sid)
             return self.store.load(sid)  # type: ignore[return-value]
@@ -206,6 +193,7 @@ class Acquirer:
             return rec
 
         record = self._retrying(sid)(once)
+        request = {**request, "current_pA": float(record.current_pA)}
         save(sid, record, request=request, request_sha256=request_sha256(request), **extra)
         return record
 
@@ -232,7 +220,6 @@ class Acquirer:
             "n_rows": req.n_rows,
             "stage_x_nm": float(sx),
             "stage_y_nm": float(sy),
-            "current_pA": float(self.microscope.beam_current_pA()),
         }
         request.pop("rows")
         return self._step(
@@ -264,7 +251,6 @@ class Acquirer:
         request = {
             "kind": "spectrum",
             **req.model_dump(mode="json"),
-            "current_pA": float(self.microscope.beam_current_pA()),
         }
         return self._step(
             step_id,

@@ -230,7 +230,15 @@ def execute_plan(
             elif isinstance(step, SitesStep) and budget:
                 n_site = _sites(run, step, budget, smap, rng, n_site)
             elif isinstance(step, SpectrumAtStep) and budget:
-                _point_at(run, step, f"{prefix}at-{n_point:02d}")()
+                run.point(
+                    f"{prefix}at-{n_point:02d}",
+                    "spectrum_at",
+                    (step.x_nm, step.y_nm),
+                    step.dwell_s,
+                    step.energy_min_eV,
+                    step.energy_max_eV,
+                    reason=step.reason,
+                )
             if isinstance(step, SpectrumAtStep):
                 n_point += 1
         except CampaignStop as stop:
@@ -275,18 +283,6 @@ def execute_plan(
         stopped_by=stopped_by,
         monitor_events=events,
         figure=figure,
-    )
-
-
-def _point_at(run: _Run, step: SpectrumAtStep, step_id: str) -> Callable[[], SpectrumRecord]:
-    return lambda: run.point(
-        step_id,
-        "spectrum_at",
-        (step.x_nm, step.y_nm),
-        step.dwell_s,
-        step.energy_min_eV,
-        step.energy_max_eV,
-        reason=step.reason,
     )
 
 
@@ -337,27 +333,24 @@ def _audit(audit: _Audit, budget: int) -> bool:
     def measure(c: str) -> None:
         values[c].append(audit.measure(c)[2])
 
-    def body() -> bool:
-        if step.allocation == "equal":
-            order = [c for i in range(step.per_class) for c in step.classes if i < caps[c]]
-            for c in order[:budget]:
-                measure(c)
-            return False
-        for c in [c for i in range(min(3, step.per_class)) for c in step.classes if i < caps[c]]:
-            if audit.k < budget:
-                measure(c)
-        while audit.k < budget:
-            effect, _ = judge(h.prediction, values, energy=h.energy_signal, level=SEQUENTIAL_LEVEL)
-            if effect.outcome != "inconclusive":
-                log.info("%s: the audit decided (%s) after %d spectra", h.id, effect.outcome, audit.k)
-                return True
-            c = next_stratum(h.prediction, values, caps, trim=ENERGY_TRIM if h.energy_signal else 0.0)
-            if c is None:
-                return False
+    if step.allocation == "equal":
+        order = [c for i in range(step.per_class) for c in step.classes if i < caps[c]]
+        for c in order[:budget]:
             measure(c)
         return False
-
-    return bool(body())
+    for c in [c for i in range(min(3, step.per_class)) for c in step.classes if i < caps[c]]:
+        if audit.k < budget:
+            measure(c)
+    while audit.k < budget:
+        effect, _ = judge(h.prediction, values, energy=h.energy_signal, level=SEQUENTIAL_LEVEL)
+        if effect.outcome != "inconclusive":
+            log.info("%s: the audit decided (%s) after %d spectra", h.id, effect.outcome, audit.k)
+            return True
+        c = next_stratum(h.prediction, values, caps, trim=ENERGY_TRIM if h.energy_signal else 0.0)
+        if c is None:
+            return False
+        measure(c)
+    return False
 
 
 def _audit_index(step_id: str, prefix: str) -> int:
@@ -390,25 +383,21 @@ def _top_up(audit: _Audit, extra: int, smap, survey) -> int:
         effect, _, _ = judge_strata(h, strata, smap, survey, level=level, population=population)
         return effect.outcome != "inconclusive"
 
-    def body() -> None:
-        nonlocal taken
-        while taken < extra:
-            strata = {c: per_site(vs) for c, vs in raw.items()}  # once per look, for the test and the choice
-            # the planned look failed at LEVEL; every later look is held to the stricter level
-            if taken and decided(strata, SEQUENTIAL_LEVEL):
-                return
-            data = {c: [] for c in caps} | {c: [v.value for v in vs] for c, vs in strata.items()}
-            c = next_stratum(h.prediction, data, caps, trim=trim)
-            if c is None:
-                return
-            sid, rec, y = audit.measure(c)
-            sd = float(h.signal.uncertainty(rec)) if noise and y == y else float("nan")
-            raw.setdefault(c, []).append(StratumValue(sid, y, rec.x_nm, rec.y_nm, None, None, sd))
-            taken += 1
-
     if decided({c: per_site(vs) for c, vs in raw.items()}, LEVEL):
         return 0
-    body()
+    while taken < extra:
+        strata = {c: per_site(vs) for c, vs in raw.items()}  # once per look, for the test and the choice
+        # the planned look failed at LEVEL; every later look is held to the stricter level
+        if taken and decided(strata, SEQUENTIAL_LEVEL):
+            break
+        data = {c: [] for c in caps} | {c: [v.value for v in vs] for c, vs in strata.items()}
+        c = next_stratum(h.prediction, data, caps, trim=trim)
+        if c is None:
+            break
+        sid, rec, y = audit.measure(c)
+        sd = float(h.signal.uncertainty(rec)) if noise and y == y else float("nan")
+        raw.setdefault(c, []).append(StratumValue(sid, y, rec.x_nm, rec.y_nm, None, None, sd))
+        taken += 1
     log.info("%s: the audit's top-up took %d spectra", h.id, taken)
     return taken
 
@@ -418,28 +407,23 @@ def _sites(run: _Run, step: SitesStep, budget: int, smap, rng, start: int) -> in
     if len(targets) > step.max_sites:
         targets = [targets[i] for i in sorted(rng.choice(len(targets), step.max_sites, replace=False))]
     k = start
-
-    def body() -> None:
-        nonlocal k
-        for j, (xy, feature) in enumerate(targets):
-            for r in range(step.repeats):
-                if k - start >= budget:
-                    return
-                extra = {"stratum": step.at, "site": j, "repeat": r}
-                if feature is not None:
-                    extra["feature"] = feature
-                run.point(
-                    f"{run.prefix}site-{k:04d}",
-                    "sites",
-                    xy,
-                    step.dwell_s,
-                    step.energy_min_eV,
-                    step.energy_max_eV,
-                    **extra,
-                )
-                k += 1
-
-    body()
+    for j, (xy, feature) in enumerate(targets):
+        for r in range(step.repeats):
+            if k - start >= budget:
+                return k
+            extra = {"stratum": step.at, "site": j, "repeat": r}
+            if feature is not None:
+                extra["feature"] = feature
+            run.point(
+                f"{run.prefix}site-{k:04d}",
+                "sites",
+                xy,
+                step.dwell_s,
+                step.energy_min_eV,
+                step.energy_max_eV,
+                **extra,
+            )
+            k += 1
     return k
 
 

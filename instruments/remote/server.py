@@ -13,7 +13,6 @@ disk (``state.ServerState``) and survives a kill and restart of the server.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -32,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autoscope.instruments.errors import InstrumentError, InvalidRequest
 from autoscope.instruments.protocols import Microscope
-from autoscope.instruments.records import ImageRecord, ImageRequest, SpectrumRequest
+from autoscope.instruments.records import ImageRecord, ImageRequest, SpectrumRequest, request_sha256
 from autoscope.instruments.remote.state import ServerState
 from autoscope.instruments.remote.wire import (
     NPY_MEDIA_TYPE,
@@ -246,8 +245,7 @@ def create_app(
             return response
 
     def fingerprint(route: str, body: BaseModel | None = None) -> str:
-        text = route + (body.model_dump_json() if body is not None else "")
-        return hashlib.sha256(text.encode()).hexdigest()
+        return request_sha256({"route": route, **(body.model_dump(mode="json") if body is not None else {})})
 
     def record_response(record: Any) -> _Answer:
         body, headers = encode_record(record)
