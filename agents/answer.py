@@ -15,68 +15,48 @@ from __future__ import annotations
 
 from typing import Any
 
+from autoscope.agents.question import HostsQuestion, answer
+from autoscope.agents.question import text as question_text
 from autoscope.tools.grounding.classes import KEY_CLASS_OF_SHAPE
-from autoscope.tools.predictions import LocalizedAt
-from autoscope.tools.verdicts import ClassEstimate, judge_estimates, ratio_ci
 
-WORD = {"supported": "yes", "refuted": "no", "inconclusive": "undecided"}
 HOST_MIN_RATIO = 2.0
 """A shape hosts a signal when its key class's mean is at least this many times the substrate's."""
-
-
-def pooled(ests: list[ClassEstimate]) -> ClassEstimate:
-    """One class's estimates from several rounds (independent random samples of the same class with
-    the same signal) as one: n-weighted mean, pooled sum of squares."""
-    ests = [e for e in ests if e.n and e.mean is not None]
-    n = sum(e.n for e in ests)
-    mean = sum(e.n * e.mean for e in ests) / n
-    ss = sum((e.n - 1) * (e.sd or 0.0) ** 2 + e.n * (e.mean - mean) ** 2 for e in ests)
-    sd = (ss / (n - 1)) ** 0.5 if n > 1 else None
-    df = None if len(ests) == 1 else float(n - 1)
-    return ests[0].model_copy(
-        update={"n": n, "mean": mean, "sd": sd, "df": df if len(ests) > 1 else ests[0].df}
-    )
 
 
 def shape_hosts(verdict: dict, hypothesis: dict, rounds: list[dict] = ()) -> dict[str, Any] | None:
     """Per shape, whether it hosts the signal (yes/no/undecided) with the ratio to the substrate.
 
-    The unbiased spectra of every round that measured the same signal are pooled per class."""
+    The hosts question over every shape's key class, on the hypothesis's own signal: the unbiased
+    spectra of every round that measured the same signal are pooled per class."""
     pred = hypothesis.get("prediction") or {}
     if pred.get("kind") != "localized_at" or pred.get("versus") != "substrate":
         return None
-    same = [
-        r["verdict"]
-        for r in rounds
-        if r.get("verdict") and r["hypothesis"].get("signal") == hypothesis.get("signal")
+    q = HostsQuestion(
+        signal=hypothesis["signal"], classes=list(KEY_CLASS_OF_SHAPE.values()), min_ratio=HOST_MIN_RATIO
+    )
+    own = [
+        r for r in rounds if r.get("verdict") and r["hypothesis"].get("signal") == hypothesis.get("signal")
     ]
-    by: dict[str, list[ClassEstimate]] = {}
-    for v in same or [verdict]:
-        for e in v.get("by_class", []):
-            by.setdefault(e["cls"], []).append(ClassEstimate.model_validate(e))
-    ests = {c: pooled(es) for c, es in by.items()}
-    if "substrate" not in ests:
-        return None
-    r = HOST_MIN_RATIO
+    a = answer(q, own or [{"hypothesis": hypothesis, "verdict": verdict}], verdict.get("level", 0.95))
     out: dict[str, Any] = {}
     for shape, key in KEY_CLASS_OF_SHAPE.items():
-        if key not in ests or ests[key].n < 2:
+        d = a["parts"][key]
+        if d["says"] == "unmeasured":
             continue
-        effect = judge_estimates(LocalizedAt(at=key, versus="substrate", min_ratio=r), ests)
-        ratio, lo, hi = ratio_ci(ests[key], ests["substrate"], verdict.get("level", 0.95))
         out[shape] = {
-            "hosts": WORD[effect.outcome],
+            "hosts": d["says"],
             "class": key,
-            "ratio": ratio,
-            "ratio_ci": [lo, hi],
-            "min_ratio": r,
-            "n": ests[key].n,
+            "ratio": d["ratio"],
+            "ratio_ci": d["ratio_ci"],
+            "min_ratio": HOST_MIN_RATIO,
+            "n": d["n"],
         }
     return out or None
 
 
-def goal_answer(goal: str, rounds: list[dict]) -> dict[str, Any]:
-    """``{"text": ..., "hosts": {shape: ...} | None, "findings": [...]}`` from the finished rounds."""
+def goal_answer(goal: str, rounds: list[dict], question: Any = None) -> dict[str, Any]:
+    """``{"text": ..., "hosts": {shape: ...} | None, "question": ... | None, "findings": [...]}`` from
+    the finished rounds; ``question``: the goal as a typed question (``agents/question.py``)."""
     findings, hosts, signal = [], None, None
     for r in rounds:
         v, h = r.get("verdict") or {}, r["hypothesis"]
@@ -119,9 +99,15 @@ def goal_answer(goal: str, rounds: list[dict]) -> dict[str, Any]:
             + (f" ({f['readable']})" if f["readable"] else "")
             + "."
         )
+    typed = None
+    if question is not None:
+        typed = answer(question, rounds)
+        typed["text"] = question_text(question, typed)
+        if question.kind != "hosts" or not hosts:  # the shapes' sentence above already says it
+            lines.insert(0, typed["text"])
     if not findings:
         lines.append("No hypothesis was tested to the end, so the goal is not answered.")
-    return {"goal": goal, "text": " ".join(lines), "hosts": hosts, "findings": findings}
+    return {"goal": goal, "text": " ".join(lines), "hosts": hosts, "question": typed, "findings": findings}
 
 
 __all__ = ["HOST_MIN_RATIO", "goal_answer", "shape_hosts"]

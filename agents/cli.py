@@ -22,7 +22,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autoscope.agents import cli_bench, cli_run
+from autoscope.agents import cli_bench, cli_eval, cli_run
 from autoscope.agents.llm.base import LLMUnavailable
 from autoscope.agents.settings import load_settings
 from autoscope.instruments.config_files import read_mapping
@@ -63,6 +63,8 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
     logging.basicConfig(
         level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True
     )
+    if not verbose:  # Dask's scheduler and workers narrate every start and stop at INFO
+        logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
 
 
 @contextlib.contextmanager
@@ -538,10 +540,12 @@ bench_app.command("discovery")(cli_bench.discovery)
 bench_app.command("science")(cli_bench.science)
 bench_app.command("score")(cli_bench.score)
 bench_app.command("reliability")(cli_bench.reliability)
+bench_app.command("throughput")(cli_bench.throughput)
 app.command("run")(cli_run.run)
 app.command("resume")(cli_run.resume)
 app.command("chat")(cli_run.chat)
 app.command("plan-schema")(cli_run.plan_schema)
+app.command("eval")(cli_eval.eval_cmd)
 
 
 def main() -> None:

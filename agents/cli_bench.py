@@ -100,7 +100,7 @@ def score(
             raise ConfigError(
                 "run", f"{run_dir} is not a finished run (no summary.json): score it when it is done"
             )
-        for source in ("replay", "remote", "sim_config"):
+        for source in ("replay", "remote"):  # twin settings (drift, faults) leave the sample's truth as it is
             if record.get(source):
                 raise InvalidRequest(
                     "run",
@@ -108,7 +108,7 @@ def score(
                     "oracle to score against",
                 )
         spec = record["spec"]
-        result = score_run(run_dir, spec["scenario"], int(spec["seed"]))
+        result = score_run(run_dir, spec["scenario"], int(spec["seed"]), sample=spec.get("sample") or None)
         if as_json:
             typer.echo(json.dumps(result, default=str))
             return
@@ -251,3 +251,28 @@ def reliability(
             typer.echo(f"{'holds' if ok else 'FAILS'}: {claim}")
     if not all(report["holds"].values()):
         raise typer.Exit(1)
+
+
+def throughput(
+    campaigns: Annotated[int, typer.Option(min=1, max=10_000, help="Whole deterministic campaigns.")] = 100,
+    spectra: Annotated[int, typer.Option(min=10, max=5000, help="Spectra per campaign.")] = 300,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="LocalCluster worker processes.")] = 2,
+    keep: Annotated[Path | None, typer.Option(help="Keep the run directories here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Campaigns (deterministic planner) one after the other here and on a Dask LocalCluster: the speed-up."""
+    from autoscope.agents.cli import _cli_errors, _progress
+    from autoscope.evals.throughput import bench_throughput
+
+    with _cli_errors():
+        with _progress("campaigns", 2 * campaigns) as advance:
+            r = bench_throughput(campaigns, spectra, workers, keep_dir=keep, progress=advance)
+        if as_json:
+            typer.echo(json.dumps(r))
+            return
+        typer.echo(
+            f"{r['campaigns']} campaigns × {r['spectra_each']} spectra ({r['spectra_total']} in all): in process "
+            f"{r['in_process_s']:.0f} s, LocalCluster of {r['workers']} workers {r['cluster_s']:.0f} s "
+            f"(speed-up {r['speedup']}×); median campaign {r['campaign_s_median']:.1f} s; "
+            f"identical results: {r['identical']}; errors {r['errors']}"
+        )

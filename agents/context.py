@@ -40,6 +40,8 @@ class RunContext:
     stop_reason: str = "interrupted by the scientist"
     on_step: Callable[[StepInfo], None] | None = None
     on_status: Callable[[str], None] | None = None
+    #: draw the PNG figures (survey, map, scans, evidence); an evaluation of many runs turns them off
+    figures: bool = True
     _survey_map: SurveyMap | None = None
 
     def survey_map(self) -> SurveyMap:

@@ -20,6 +20,7 @@ import math
 import numpy as np
 from pymatgen.core import Element
 
+from autoscope.agents.question import answers_question, question_classes
 from autoscope.agents.run_spec import RunSpec
 from autoscope.instruments.records import Capabilities
 from autoscope.tools.grounding.classes import KEY_CLASSES, SITE_CLASSES
@@ -308,6 +309,9 @@ def plan(
     if isinstance(h.prediction, LocalizedAt) and h.prediction.versus == "substrate":
         # the goal's answer needs every shape's key class against the substrate: audit them all
         strata += [c for c in KEY_CLASSES if present.get(c, 0) >= 2 and c not in strata]
+    if answers_question(spec.question, h):
+        # the goal's typed question needs its classes measured on this signal too
+        strata += [c for c in question_classes(spec.question) if present.get(c, 0) >= 2 and c not in strata]
     site_strata = [
         c for c in strata if c in SITE_CLASSES or isinstance(h.prediction, Trend) and c in KEY_CLASSES
     ]

@@ -59,6 +59,7 @@ def summary(
     llm: dict[str, Any],
     checkpoint_bytes: int,
     pending: dict | None = None,
+    question: Any = None,
 ) -> dict[str, Any]:
     acq = store.events("acquisition")
     survey = state.get("survey") or {}
@@ -93,7 +94,9 @@ def summary(
         "dose_e": dose_e,
         "dose_e_per_A2": dose_e / field_A2 if field_A2 else None,
         "hypotheses": hypotheses,
-        "answer": goal_answer(state.get("goal", ""), [r for r in _rounds(state) if r.get("verdict")]),
+        "answer": goal_answer(
+            state.get("goal", ""), [r for r in _rounds(state) if r.get("verdict")], question
+        ),
         "llm": llm,
         "fallbacks": list(state.get("fallbacks") or []),
         "decisions": list(state.get("decisions") or []),

@@ -184,6 +184,7 @@ def run_graph(
             llm=llm_usage(store, llm.backend, llm.model),
             checkpoint_bytes=checkpoint_bytes(saver, config),
             pending=pending.model_dump(mode="json") if pending else None,
+            question=spec.question,
         )
     write_outputs(run_dir, state, summ)
     log.info("run %s: %s; checkpoint %d bytes", run_id, status, summ["checkpoint_bytes"])
@@ -297,6 +298,7 @@ def launch(
         inner = open_backend(
             scenario=None if remote or replay else spec.scenario,
             seed=spec.seed,
+            sample=spec.sample,
             sim_config=sim_config,
             replay=replay,
             remote=remote,

@@ -143,8 +143,11 @@ def _strip(e: dict) -> dict:
     return {k: v for k, v in e.items() if k not in ("kind", "seq", "time_utc")}
 
 
-def score_run(run_dir: Path, scenario: str, seed: int, *, max_points: int = 300) -> dict[str, Any]:
-    """Every verdict of a finished run against the truth of its hypothesis; the goal's answer too."""
+def score_run(
+    run_dir: Path, scenario: str, seed: int, *, max_points: int = 300, sample: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every verdict of a finished run against the truth of its hypothesis (on the twin of the
+    ``sample`` variant); the plasmonic goal's answer too."""
     store = RunStore.open(run_dir, read_only=True)
     survey = store.load(IMAGE_STEP)
     hyps = {k: Hypothesis.model_validate(_strip(v)) for k, v in _latest(store.events("hypothesis")).items()}
@@ -163,6 +166,7 @@ def score_run(run_dir: Path, scenario: str, seed: int, *, max_points: int = 300)
             energy_min_eV=step.energy_min_eV,
             energy_max_eV=step.energy_max_eV,
             max_points=max_points,
+            sample=sample,
         )
         rows.append(
             {
@@ -185,11 +189,13 @@ def score_run(run_dir: Path, scenario: str, seed: int, *, max_points: int = 300)
             }
         )
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    goal = _score_goal(summary, scenario, seed, survey, plans, hyps) if scenario == "plasmonic" else None
+    goal = (
+        _score_goal(summary, scenario, seed, survey, plans, hyps, sample) if scenario == "plasmonic" else None
+    )
     return {"rows": rows, "goal": goal}
 
 
-def _score_goal(summary, scenario, seed, survey, plans, hyps) -> dict | None:
+def _score_goal(summary, scenario, seed, survey, plans, hyps, sample=None) -> dict | None:
     hosts = (summary.get("answer") or {}).get("hosts")
     if not hosts:
         return None
@@ -202,7 +208,7 @@ def _score_goal(summary, scenario, seed, survey, plans, hyps) -> dict | None:
         None,
     )
     p, h = plans[hid], hyps[hid]
-    scope = make_microscope(scenario, seed=seed)
+    scope = make_microscope(scenario, seed=seed, variant=sample)
     truth, _ = goal_truth_plasmonic(
         Oracle(scope).truth(),
         scope,

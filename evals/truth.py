@@ -381,9 +381,11 @@ def hypothesis_truth(
     energy_min_eV: float,
     energy_max_eV: float,
     max_points: int = 400,
+    sample: dict[str, Any] | None = None,
 ) -> HypothesisTruth:
-    """The hypothesis's effect θ on the noise-free signal of a fresh twin, over the true classes."""
-    scope = make_microscope(scenario, seed=seed)
+    """The hypothesis's effect θ on the noise-free signal of a fresh twin (of the ``sample``
+    variant), over the true classes."""
+    scope = make_microscope(scenario, seed=seed, variant=sample)
     window = {"dwell_s": spectrum_dwell_s, "energy_min_eV": energy_min_eV, "energy_max_eV": energy_max_eV}
     ev = _Evaluator(scope, survey, h.signal, max_points, seed, **window)
     p = h.prediction

@@ -52,7 +52,7 @@ def validated(model: type[M], values: Any, path: str | None = None) -> M:
     if not isinstance(values, dict):
         raise ConfigError("file", f"must hold a mapping, not {type(values).__name__}", path)
     try:
-        return model(**values)
+        return model.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(*validation_field(exc, model), path) from None
 

@@ -25,6 +25,7 @@ def open_backend(
     *,
     scenario: str | None = None,
     seed: int = 0,
+    sample: dict[str, Any] | None = None,
     sim_config: Path | None = None,
     replay: Path | None = None,
     remote: str | None = None,
@@ -35,9 +36,14 @@ def open_backend(
     """Open exactly one backend: a remote instrument, a replayed dataset, or the twin.
 
     ``remote`` is a URL (needs ``token``); ``replay`` a recorded spectrum image;
-    otherwise the simulated microscope of ``scenario``, with the twin settings
-    (drift, noise, timing, injected faults) of the ``sim_config`` file if given.
+    otherwise the simulated microscope of ``scenario`` (its sample drawn with the ``sample``
+    variant's parameters, if any), with the twin settings (drift, noise, timing, injected faults)
+    of the ``sim_config`` file if given.
     """
+    if sample and (remote or replay):
+        raise InvalidRequest(
+            "sample", "a sample variant is a twin setting; a remote or replayed instrument has its own sample"
+        )
     if remote and replay:
         raise InvalidRequest("replay", "give either --remote or --replay, not both")
     if remote:
@@ -60,7 +66,16 @@ def open_backend(
     from autoscope.instruments.sim.scenarios import make_microscope
 
     config = load_model(SimConfig, sim_config, "simulator") if sim_config else None
-    return make_microscope(scenario or DEFAULT_SCENARIO, seed=seed, config=config)
+    return make_microscope(scenario or DEFAULT_SCENARIO, seed=seed, config=config, variant=sample)
+
+
+def check_sample(scenario: str, sample: dict[str, Any] | None) -> None:
+    """A ``ConfigError`` naming the field (``sample.<field>``) when ``sample`` is no variant of the
+    twin's ``scenario``; nothing for an empty one."""
+    if sample:
+        from autoscope.instruments.sim.scenarios import sample_variant
+
+        sample_variant(scenario, sample)
 
 
 def open_microscope(

@@ -59,7 +59,7 @@ def test_autonomous_run_without_llm_tests_two_hypotheses_and_keeps_checkpoints_s
     assert {d["gate"] for d in s["decisions"]} == {"hypothesis", "plan", "analysis"}
     survey = [e for e in spectra_events(tmp_path / "run") if e["step_id"].startswith("survey-spectrum-")]
     assert 2 <= len(survey) <= 6  # one on each kind of feature the map found
-    assert s["measurements"] == 30 + len(survey)  # the run's budget plus the survey's spectra
+    assert s["measurements"] == 30  # the run's budget, the survey's spectra included
     assert 0 < s["checkpoint_bytes"] < 64_000  # references, not arrays
     assert_store_consistent(tmp_path / "run")
     report = (tmp_path / "run" / "report.md").read_text()
@@ -162,7 +162,8 @@ def test_manual_run_without_a_person_stops_at_the_first_gate_and_resumes_there(t
     assert person.requests[0].gate == "hypothesis"
     assert person.requests[0].proposal == first.pending.proposal  # the same question, not a new one
     assert again.status == "done"
-    assert len(spectra_events(tmp_path / "run")) == n + 24
+    assert len(spectra_events(tmp_path / "run")) == 24  # the budget, the survey's spectra (n) included
+    assert 0 < n < 24
     assert_store_consistent(tmp_path / "run")
 
 
@@ -363,7 +364,7 @@ def test_a_schema_enforcing_model_proposes_its_own_hypothesis_and_sees_the_examp
         seen.append(list(messages))
         return given[0]
 
-    out = run(tmp_path / "run", llm=Enforcing([own, repaired, answer(), again, repaired, answer()]), rounds=2)
+    out = run(tmp_path / "run", llm=Enforcing([own, repaired, answer(), again, repaired, answer()]), rounds=2, budget=32)
     assert out.status == "done"
     first = next(m for m in seen[0] if m["role"] == "user")["content"]
     assert "JSON shape is enforced" in first and '"prediction"' not in first

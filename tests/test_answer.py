@@ -16,7 +16,7 @@ def hyp(min_ratio: float, signal: dict | None = None, kind: str = "localized_at"
     return {
         "id": "H1",
         "statement": "tips",
-        "signal": signal or {"kind": "band_intensity"},
+        "signal": signal or {"kind": "band_intensity", "lo_eV": 1.1, "hi_eV": 1.7},
         "prediction": pred,
     }
 
@@ -52,7 +52,8 @@ def test_the_host_criterion_is_the_questions_not_the_hypothesis_factor() -> None
 
 
 def test_rounds_on_the_same_signal_are_pooled_and_others_are_not() -> None:
-    band, other = {"kind": "band_intensity"}, {"kind": "band_intensity", "energy_min_eV": 2.3}
+    band = {"kind": "band_intensity", "lo_eV": 1.1, "hi_eV": 1.7}
+    other = {"kind": "band_intensity", "lo_eV": 2.3, "hi_eV": 2.8}
     r1 = {
         "hypothesis": hyp(2.0, band),
         "verdict": verdict(est("substrate", 3, 1.0, 0.1), est("cube_corner", 3, 1.2, 0.1)),

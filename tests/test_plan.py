@@ -407,6 +407,7 @@ def test_every_prompt_renders_and_a_missing_variable_fails(sv):
             "energy_max_eV": 4,
             "survey_step": "{}",
             "feedback": None,
+            "question_classes": ["rod_tip", "substrate"],
             "example": p.model_dump_json(),
         },
         "repair": {"schema_name": "Plan", "errors": "e", "fields": ["steps"], "schema": "", "example": "{}"},
@@ -423,6 +424,11 @@ def test_every_prompt_renders_and_a_missing_variable_fails(sv):
     own = render("hypothesis", **{**variables["hypothesis"], "example": None})
     assert '"prediction"' not in own and "JSON shape is enforced" in own
     assert '"prediction"' in render("hypothesis", **variables["hypothesis"])
+    # the goal's question names the classes its answer needs, only when there are any
+    assert "measure these classes too (audit or sites): rod_tip, substrate" in render(
+        "plan", **variables["plan"]
+    )
+    assert "measure these classes too" not in render("plan", **{**variables["plan"], "question_classes": []})
 
 
 @pytest.mark.parametrize("scenario", ["plasmonic", "tmd-defects", "oxide-interface"])

@@ -175,18 +175,44 @@ def _worst_pair(p: Uniform, ests: Mapping[str, ClassEstimate]) -> tuple[str, str
     return hi, lo
 
 
-def _welch(coef: Mapping[str, float], ests: Mapping[str, ClassEstimate], level: float):
-    """(estimate, standard error, interval half-width) of Σ c_k m̄_k; None when a stratum lacks data."""
-    if any(ests[c].n < 2 or ests[c].sd is None for c in coef):
+def welch_t(coef: Mapping[str, float], ests: Mapping[str, ClassEstimate]):
+    """(estimate, standard error, Welch–Satterthwaite degrees of freedom) of Σ c_k m̄_k; None when a
+    stratum lacks data (fewer than 2 values or no spread); df is inf when the error is 0."""
+    if any(c not in ests or ests[c].n < 2 or ests[c].sd is None for c in coef):
         return None
     var = {c: (k * k) * ests[c].sd ** 2 / ests[c].n for c, k in coef.items()}
     se2 = sum(var.values())
     est = sum(k * ests[c].mean for c, k in coef.items())
     if se2 <= 0:
-        return est, 0.0, 0.0
+        return est, 0.0, math.inf
     df = se2**2 / sum(v * v / (ests[c].df or ests[c].n - 1) for c, v in var.items() if v > 0)
-    half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(se2)
-    return est, math.sqrt(se2), half
+    return est, math.sqrt(se2), df
+
+
+def _welch(coef: Mapping[str, float], ests: Mapping[str, ClassEstimate], level: float):
+    """(estimate, standard error, interval half-width) of Σ c_k m̄_k; None when a stratum lacks data."""
+    w = welch_t(coef, ests)
+    if w is None:
+        return None
+    est, se, df = w
+    if se <= 0:
+        return est, 0.0, 0.0
+    return est, se, float(stats.t.ppf(0.5 + level / 2, df)) * se
+
+
+def linear_effect(
+    coef: Mapping[str, float], ests: Mapping[str, ClassEstimate], level: float = LEVEL
+) -> Effect:
+    """θ = Σ c_k μ_k from per-class estimates with its Welch interval (a question's contrast that no
+    prediction kind states, e.g. a plain difference with no margin); inconclusive without data."""
+    missing = [c for c in coef if c not in ests or ests[c].n < 2 or ests[c].sd is None]
+    if missing:
+        return _undecided("linear", f"fewer than 2 usable spectra in {', '.join(missing)}")
+    est, _, half = _welch(coef, ests, level)
+    lo, hi = est - half, est + half
+    return Effect(
+        outcome=_outcome(lo, hi), statistic="linear", estimate=est, ci_low=lo, ci_high=hi, readable=""
+    )
 
 
 def _outcome(lo: float, hi: float) -> Outcome:
@@ -420,6 +446,8 @@ __all__ = [
     "class_estimates",
     "judge",
     "judge_estimates",
+    "linear_effect",
+    "welch_t",
     "ratio_ci",
     "next_stratum",
 ]

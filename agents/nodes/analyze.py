@@ -93,22 +93,23 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         evidence=evidence,
         theory=theory,
     )
-    try:
-        png = evidence_figure(
-            survey,
-            smap,
-            population_grid(survey).xy_nm,
-            strata,
-            verdict,
-            Path(ctx.run_dir) / f"{h.id}-evidence.png",
-            signal_label=signal,
-            features=features or None,
-            covariate=getattr(h.prediction, "covariate", ""),
-            title=f"{h.id}: {h.statement[:80]}",
-        )
-        verdict = verdict.model_copy(update={"figure": str(png)})
-    except Exception as exc:  # a figure that cannot be drawn is no reason to lose a verdict
-        log.warning("%s: evidence figure failed: %s", h.id, exc)
+    if ctx.figures:
+        try:
+            png = evidence_figure(
+                survey,
+                smap,
+                population_grid(survey).xy_nm,
+                strata,
+                verdict,
+                Path(ctx.run_dir) / f"{h.id}-evidence.png",
+                signal_label=signal,
+                features=features or None,
+                covariate=getattr(h.prediction, "covariate", ""),
+                title=f"{h.id}: {h.statement[:80]}",
+            )
+            verdict = verdict.model_copy(update={"figure": str(png)})
+        except Exception as exc:  # a figure that cannot be drawn is no reason to lose a verdict
+            log.warning("%s: evidence figure failed: %s", h.id, exc)
     ctx.store.append_event("verdict", **verdict.model_dump(mode="json"))
     log.info("%s: %s (%s)", h.id, effect.outcome, evidence[1])
     return {"verdict": verdict.model_dump(mode="json")}

@@ -41,7 +41,7 @@ def execute(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
             acknowledged=frozenset(state.get("acknowledged", [])),
             should_stop=ctx.should_stop,
             on_step=ctx.on_step,
-            figure_dir=ctx.run_dir,
+            figure_dir=ctx.run_dir if ctx.figures else None,
         )
     except SafetyLimitExceeded as exc:
         log.warning("%s stopped at a safety limit: %s", h.id, exc)

@@ -58,8 +58,14 @@ def survey(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     )
     ctx.store.write_artifact(SURVEY_MAP, smap.model_dump_json())
     grid = population_grid(img).xy_nm
-    png = survey_figure(img, result.spectra, ctx.run_dir / "survey.png", title=f"{ctx.spec.scenario} survey")
-    map_png = map_figure(img, smap, grid, ctx.run_dir / "survey_map.png", title="survey map: feature classes")
+    png = map_png = None
+    if ctx.figures:
+        png = survey_figure(
+            img, result.spectra, ctx.run_dir / "survey.png", title=f"{ctx.spec.scenario} survey"
+        )
+        map_png = map_figure(
+            img, smap, grid, ctx.run_dir / "survey_map.png", title="survey map: feature classes"
+        )
     ref = {
         "step": IMAGE_STEP,
         "spectra": [spectrum_step(i) for i in range(len(result.spectra))],
@@ -73,8 +79,8 @@ def survey(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
         "map": SURVEY_MAP,
         "summary": map_summary(smap, grid),
         "classes": smap.classes_present(grid),
-        "figure": str(png),
-        "map_figure": str(map_png),
+        "figure": str(png) if png else None,
+        "map_figure": str(map_png) if map_png else None,
     }
     log.info(
         "survey: %.0f nm field; %d particles, %s lattice, %s interface",
@@ -86,7 +92,7 @@ def survey(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     return {
         "survey": ref,
         "round": 0,
-        "spent_spectra": 0,
+        "spent_spectra": len(result.spectra),  # the survey's spectra are part of the run's budget
         "status": "running",
         "max_rounds": ctx.spec.rounds,
         "budget": ctx.spec.total_budget,

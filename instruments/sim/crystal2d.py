@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymatgen.core import Lattice, Structure
 
 from autoscope.instruments.dose import DoseMap
@@ -82,7 +83,30 @@ class TMDSample(Sample):
         "MoS2 monolayer at 80 kV with W/Se/O substituents and S vacancies; S sputters under the beam"
     )
 
-    def __init__(self, rng: np.random.Generator, *, size_nm: float = 12.0) -> None:
+    class Variant(BaseModel):
+        """Defect densities and beam sensitivity of a variant (the defaults are the scenario's own)."""
+
+        model_config = ConfigDict(frozen=True, extra="forbid")
+
+        defect_counts: dict[Literal["W_Mo", "Se_S", "O_S", "V_S", "V_S2"], tuple[int, int]] = Field(
+            default_factory=dict,
+            description="(fewest, most) of a defect type; unnamed types keep the defaults",
+        )
+        sputter_scale: float = Field(
+            1.0, gt=0, le=1e4, description="× the S sputter cross-section: > 1 is more damage-prone"
+        )
+
+        @model_validator(mode="after")
+        def _ordered(self) -> TMDSample.Variant:
+            for kind, (lo, hi) in self.defect_counts.items():
+                if not 0 <= lo <= hi <= 40:
+                    raise ValueError(f"defect_counts.{kind}: need 0 <= low <= high <= 40, got ({lo}, {hi})")
+            return self
+
+    def __init__(
+        self, rng: np.random.Generator, variant: Variant | None = None, *, size_nm: float = 12.0
+    ) -> None:
+        self.variant = variant or self.Variant()
         self.unit_cell = mos2_unit_cell()
         rect = self.unit_cell.copy()
         rect.make_supercell([[1, 0, 0], [1, 2, 0], [0, 0, 1]])  # orthogonal a × √3a cell
@@ -115,7 +139,9 @@ class TMDSample(Sample):
         self._seed_defects(rng)
         is_s = self.atom_element == "S"
         self.sputter_threshold_e_per_A2 = np.full(len(rect), np.inf)
-        self.sputter_threshold_e_per_A2[is_s] = rng.exponential(1.0 / S_SPUTTER_CROSS_SECTION_A2, is_s.sum())
+        self.sputter_threshold_e_per_A2[is_s] = rng.exponential(
+            1.0 / (S_SPUTTER_CROSS_SECTION_A2 * self.variant.sputter_scale), is_s.sum()
+        )
         self.sputtered: list[dict[str, Any]] = []
         self._refresh_columns()
 
@@ -128,7 +154,8 @@ class TMDSample(Sample):
         inner &= xy[:, 1] < y1 - margin
         metal = np.flatnonzero(inner & (self.atom_layer == 0))
         chalc_cols = np.unique(self.atom_column[inner & (self.atom_layer != 0)])
-        n = {k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in DEFECT_COUNTS.items()}
+        counts = {**DEFECT_COUNTS, **self.variant.defect_counts}
+        n = {k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in counts.items()}
         for i in rng.choice(metal, n["W_Mo"], replace=False):
             self.atom_element[i] = "W"
             self._record("W_Mo", "W", i, "metal")
@@ -241,7 +268,7 @@ class TMDSample(Sample):
             "phase": "1H monolayer",
             "lattice_a_nm": LATTICE_A_ANG / 10,
             "voltage_kV": self.voltage_kV,
-            "s_sputter_cross_section_A2": S_SPUTTER_CROSS_SECTION_A2,
+            "s_sputter_cross_section_A2": S_SPUTTER_CROSS_SECTION_A2 * self.variant.sputter_scale,
             "defects": [dict(d) for d in self.defects],
             "sputtered": [dict(s) for s in self.sputtered],
             "n_sputtered": len(self.sputtered),

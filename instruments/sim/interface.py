@@ -31,6 +31,7 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymatgen.core import Lattice, Structure
 from scipy.special import ndtr
 
@@ -103,12 +104,30 @@ class OxideInterfaceSample(Sample):
         "with Ti valence across a stepped, intermixed interface; the beam reduces Ti4+"
     )
 
-    def __init__(self, rng: np.random.Generator) -> None:
+    class Variant(BaseModel):
+        """Where the interface lies and how intermixed it is (the defaults are the scenario's own)."""
+
+        model_config = ConfigDict(frozen=True, extra="forbid")
+
+        interface_shift_nm: float = Field(
+            0.0, ge=-12.0, le=12.0, description="moves the whole interface along x (whole cells)"
+        )
+        mix_width_nm: tuple[float, float] = Field((0.35, 0.7), description="La/Sr intermixing width range")
+
+        @model_validator(mode="after")
+        def _ordered(self) -> OxideInterfaceSample.Variant:
+            lo, hi = self.mix_width_nm
+            if not 0.05 <= lo <= hi <= 3.0:
+                raise ValueError(f"mix_width_nm: need 0.05 <= low <= high <= 3, got ({lo}, {hi})")
+            return self
+
+    def __init__(self, rng: np.random.Generator, variant: Variant | None = None) -> None:
+        self.variant = variant or self.Variant()
         self.unit_cell = srtio3_unit_cell()
         n_cells = int(np.ceil(2 * HALF_FIELD_NM / A_NM))
         cells = (np.arange(n_cells) - n_cells // 2) * A_NM
         self.row_y_nm = cells  # A-site rows along y
-        self.mix_width_nm = float(rng.uniform(0.35, 0.7))
+        self.mix_width_nm = float(rng.uniform(*self.variant.mix_width_nm))
         self.valence_width_nm = math.hypot(self.mix_width_nm, CHARGE_SPREAD_NM)
         self.interface_x_nm = self._stepped_interface(rng, n_cells)
 
@@ -161,7 +180,7 @@ class OxideInterfaceSample(Sample):
             out[row : row + terrace] = (i0 + 0.5) * A_NM
             row += terrace
             i0 += int(rng.choice([-1, 1])) if abs(i0) < 4 else -int(np.sign(i0))
-        return out
+        return out + round(self.variant.interface_shift_nm / A_NM) * A_NM
 
     def _interface_at(self, y_nm: np.ndarray) -> np.ndarray:
         """Interface x (nm) for columns at ``y_nm``; a half-row (B, O) column belongs to the row below."""

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import special, stats
 
 from autoscope.instruments.dose import DoseMap
@@ -254,7 +255,35 @@ class PlasmonicSample(Sample):
         "Ag nanorods, nanoprisms and nanocubes on a thin film: localized surface plasmons in low-loss EELS"
     )
 
-    def __init__(self, rng: np.random.Generator) -> None:
+    class Variant(BaseModel):
+        """Particle populations of a variant (ranges inclusive; the defaults are the scenario's own).
+
+        The shapes' modes follow from their geometry, so a variant changes the physics, not a label:
+        rods of aspect ratio below ~4 put their dipole above 1.7 eV, thick small triangles too."""
+
+        model_config = ConfigDict(frozen=True, extra="forbid")
+
+        counts: dict[Literal["rod", "triangle", "cube"], tuple[int, int]] = Field(
+            default_factory=lambda: {"rod": (6, 9), "triangle": (4, 6), "cube": (4, 6)},
+            description="how many particles of each shape: (fewest, most)",
+        )
+        rod_width_nm: tuple[float, float] = (15.0, 35.0)
+        rod_aspect: tuple[float, float] = (2.5, 7.0)
+        triangle_size_nm: tuple[float, float] = (50.0, 140.0)
+        triangle_thickness_nm: tuple[float, float] = (8.0, 15.0)
+        cube_size_nm: tuple[float, float] = (40.0, 90.0)
+
+        @model_validator(mode="after")
+        def _ordered(self) -> PlasmonicSample.Variant:
+            for name in type(self).model_fields:
+                v = getattr(self, name)
+                for lo, hi in v.values() if isinstance(v, dict) else [v]:
+                    if not 0 <= lo <= hi:
+                        raise ValueError(f"{name}: need 0 <= low <= high, got ({lo}, {hi})")
+            return self
+
+    def __init__(self, rng: np.random.Generator, variant: Variant | None = None) -> None:
+        self.variant = variant or self.Variant()
         self.extent_nm = (-500.0, 500.0, -500.0, 500.0)
         self.dose_cell_nm = 2.0
         self.probe_fwhm_nm = 1.0
@@ -280,17 +309,20 @@ class PlasmonicSample(Sample):
     # ------------------------------------------------------------ structure
     def _place(self, rng: np.random.Generator) -> None:
         x0, x1, y0, y1 = self.extent_nm
-        kinds = ["rod"] * int(rng.integers(6, 10)) + ["triangle"] * int(rng.integers(4, 7))
-        kinds += ["cube"] * int(rng.integers(4, 7))
+        v = self.variant
+        kinds = []
+        for shape in ("rod", "triangle", "cube"):
+            lo, hi = v.counts.get(shape, (0, 0))
+            kinds += [shape] * int(rng.integers(lo, hi + 1))
         for kind in kinds:
             if kind == "rod":
-                width = rng.uniform(15.0, 35.0)
-                size, thick, angle = width * rng.uniform(2.5, 7.0), width, rng.uniform(0, math.pi)
+                width = rng.uniform(*v.rod_width_nm)
+                size, thick, angle = width * rng.uniform(*v.rod_aspect), width, rng.uniform(0, math.pi)
             elif kind == "triangle":
-                size, width = rng.uniform(50.0, 140.0), rng.uniform(8.0, 15.0)
+                size, width = rng.uniform(*v.triangle_size_nm), rng.uniform(*v.triangle_thickness_nm)
                 thick, angle = width, rng.uniform(0, 2 * math.pi / 3)
             else:
-                size = rng.uniform(40.0, 90.0)
+                size = rng.uniform(*v.cube_size_nm)
                 width, thick, angle = size, size, rng.uniform(0, math.pi / 2)
             modes = _modes(kind, size, width, self.eps_env)
             for _ in range(500):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
-from autoscope.instruments.errors import InvalidRequest
+from autoscope.instruments.config_files import validated
+from autoscope.instruments.errors import ConfigError, InvalidRequest
 from autoscope.instruments.sim.config import SimConfig
 from autoscope.instruments.sim.microscope import SimMicroscope
 from autoscope.instruments.sim.sample import Sample
@@ -36,11 +40,32 @@ def describe_scenarios() -> list[tuple[str, str]]:
     return [(name, _sample_class(name).description) for name in SCENARIOS]
 
 
-def build_sample(name: str, seed: int) -> Sample:
-    """The sample of scenario ``name``, its structure drawn from ``seed``."""
-    return _sample_class(name)(np.random.default_rng(seed))
+def sample_variant(name: str, variant: Mapping[str, Any] | None) -> BaseModel | None:
+    """The scenario's typed ``Variant`` from a mapping (None or empty: the scenario's own);
+    a bad field is a ``ConfigError`` naming it (``sample.<field>``)."""
+    if not variant:
+        return None
+    cls = _sample_class(name)
+    model = getattr(cls, "Variant", None)
+    if model is None:
+        raise ConfigError("sample", f"scenario {name!r} has no variants")
+    try:
+        return validated(model, dict(variant), None)
+    except ConfigError as exc:
+        raise ConfigError(f"sample.{exc.field}", str(exc).split(": ", 1)[-1]) from None
 
 
-def make_microscope(name: str, seed: int = 0, config: SimConfig | None = None) -> SimMicroscope:
-    """A simulated microscope looking at a fresh sample of scenario ``name``."""
-    return SimMicroscope(build_sample(name, seed), seed=seed, config=config, name=f"sim-{name}")
+def build_sample(name: str, seed: int, variant: Mapping[str, Any] | None = None) -> Sample:
+    """The sample of scenario ``name``, its structure drawn from ``seed``; ``variant``: the
+    parameters of its generator (populations, defect densities, where the interface lies)."""
+    cls = _sample_class(name)
+    typed = sample_variant(name, variant)
+    rng = np.random.default_rng(seed)
+    return cls(rng, typed) if typed is not None else cls(rng)
+
+
+def make_microscope(
+    name: str, seed: int = 0, config: SimConfig | None = None, variant: Mapping[str, Any] | None = None
+) -> SimMicroscope:
+    """A simulated microscope looking at a fresh sample of scenario ``name`` (of ``variant``)."""
+    return SimMicroscope(build_sample(name, seed, variant), seed=seed, config=config, name=f"sim-{name}")

@@ -205,21 +205,35 @@ def polygon_sdf(poly_nm: np.ndarray, xy_nm: np.ndarray) -> np.ndarray:
 
 
 def particle_classes(particles: list[ParticleFeature], xy: np.ndarray) -> np.ndarray:
-    """Area classes of points from particle outlines and key points (the rules of ``classes.py``)."""
+    """Area classes of points from particle outlines and key points (the rules of ``classes.py``).
+
+    Only the points inside a particle's bounding box grown by the substrate clearance can be
+    within reach of it (a point outside is farther from the outline than from the box), so each
+    particle measures distances to those alone."""
     out = np.full(len(xy), "substrate", dtype=object)
     nearest = np.full(len(xy), np.inf)
+    reach = max(SUBSTRATE_CLEARANCE_NM, NEAR_MARGIN_NM)
     for p in particles:
-        d = polygon_sdf(np.asarray(p.outline_nm), xy)
-        out[(d <= SUBSTRATE_CLEARANCE_NM) & (out == "substrate")] = UNASSIGNED
-        zone = (d <= NEAR_MARGIN_NM) & (d < nearest)
+        poly = np.asarray(p.outline_nm, dtype=np.float64)
+        lo, hi = poly.min(axis=0) - reach, poly.max(axis=0) + reach
+        idx = np.flatnonzero(np.all((xy >= lo) & (xy <= hi), axis=1))
+        if not idx.size:
+            continue
+        sub = xy[idx]
+        d = polygon_sdf(poly, sub)
+        free = (d <= SUBSTRATE_CLEARANCE_NM) & (out[idx] == "substrate")
+        out[idx[free]] = UNASSIGNED
+        zone = (d <= NEAR_MARGIN_NM) & (d < nearest[idx])
         if not zone.any():
             continue
-        nearest[zone] = d[zone]
+        nearest[idx[zone]] = d[zone]
         key = np.asarray(p.key_points_nm, dtype=np.float64).reshape(-1, 2)
         r = key_radius_nm(p.size_nm)
-        near_key = np.zeros(len(xy), dtype=bool)
+        near_key = np.zeros(len(sub), dtype=bool)
         if len(key):
-            dk = np.min(np.hypot(xy[:, None, 0] - key[None, :, 0], xy[:, None, 1] - key[None, :, 1]), axis=1)
+            dk = np.min(
+                np.hypot(sub[:, None, 0] - key[None, :, 0], sub[:, None, 1] - key[None, :, 1]), axis=1
+            )
             near_key = dk <= r
         if p.shape == "rod":
             cls = np.where(near_key, "rod_tip", "rod_side")
@@ -229,8 +243,8 @@ def particle_classes(particles: list[ParticleFeature], xy: np.ndarray) -> np.nda
                 near_key, f"{p.shape}_corner", np.where(edge, f"{p.shape}_edge", f"{p.shape}_face")
             )
         else:
-            cls = np.full(len(xy), "other_particle", dtype=object)
-        out[zone] = cls[zone]
+            cls = np.full(len(sub), "other_particle", dtype=object)
+        out[idx[zone]] = cls[zone]
     return out
 
 
