@@ -11,8 +11,9 @@ processes, one thread each), an existing scheduler by address, or in this proces
 run gets its own directory (``runs/<backend>/<task>-<attempt>``) and its result is written to
 ``results/<backend>/<task>.json`` as soon as it finishes, atomically, so a killed evaluation
 resumes with what is done and every task ends scored once. Results do not depend on where a task
-ran: torch and BLAS run one thread per task everywhere, and every random draw is seeded. Runs
-on an embedded model take a cluster-wide lock, so two model processes never share the cores.
+ran: torch and BLAS run one thread per task everywhere, and every random draw is seeded. The
+embedded model's rows run in this process, one at a time, after the cluster's work: no other
+process shares the cores with llama.cpp (its threads spin while they wait).
 """
 
 from __future__ import annotations
@@ -151,18 +152,16 @@ def run_task(
     status, error = "error", None
     start = time.perf_counter()
     with _limit_threads():
-        lock = _model_lock(backend)
         try:
-            with lock:
-                outcome = launch(
-                    run_dir,
-                    spec,
-                    options,
-                    responder=person(task) if task.person else headless,
-                    llm=llm,
-                    wrap_backend=wrap,
-                    context_hook=lambda ctx: setattr(ctx, "figures", figures),
-                )
+            outcome = launch(
+                run_dir,
+                spec,
+                options,
+                responder=person(task) if task.person else headless,
+                llm=llm,
+                wrap_backend=wrap,
+                context_hook=lambda ctx: setattr(ctx, "figures", figures),
+            )
             status = outcome.status
         except Exception as exc:  # a run that crashes is a failed task, scored as such
             log.exception("task %s on %s failed", task.id, backend)
@@ -197,27 +196,6 @@ def _unscored(task: Task, backend: str, run_dir: Path, out: Path, status: str, w
         "verdicts": [h["verdict"] for h in summ.get("hypotheses", [])],
         "run_dir": str(run_dir.relative_to(out)),
     }
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _model_lock(backend: str) -> Any:
-    """A cluster-wide lock for the embedded model's runs (none outside a Dask worker)."""
-    if not backend.startswith("local"):
-        return _NoLock()
-    try:
-        from distributed import Lock, get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
-        return _NoLock()
-    return Lock("autoscope-local-llm")
 
 
 # ------------------------------------------------------------------ the evaluation directory
@@ -286,20 +264,25 @@ def run_eval(
         len(backends),
         len(todo),
     )
-    if todo and (in_process or workers <= 1 and scheduler is None):
-        for t, b in todo:
-            save_result(out, run_task(t, b, out, settings_update, figures, score))
-            if progress:
-                progress(1)
-    elif todo:
+    # the embedded model's rows run here, one at a time, after the cluster's: llama.cpp's threads
+    # spin while they wait, and any other process on the same cores slows it by orders of magnitude
+    here = [
+        (t, b) for t, b in todo if in_process or b.startswith("local") or workers <= 1 and scheduler is None
+    ]
+    there = [p for p in todo if p not in here]
+    if there:
         _on_dask(
-            todo,
+            there,
             out,
             scheduler=scheduler,
             workers=workers,
             args=(settings_update, figures, score),
             progress=progress,
         )
+    for t, b in here:
+        save_result(out, run_task(t, b, out, settings_update, figures, score))
+        if progress:
+            progress(1)
     return [json.loads(result_path(out, b, t.id).read_text()) for t, b in pairs]
 
 
