@@ -63,8 +63,6 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
     logging.basicConfig(
         level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True
     )
-    if not verbose:  # Dask's scheduler and workers narrate every start and stop at INFO
-        logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
 
 
 @contextlib.contextmanager

@@ -109,6 +109,8 @@ def score(
                 )
         spec = record["spec"]
         result = score_run(run_dir, spec["scenario"], int(spec["seed"]), sample=spec.get("sample") or None)
+        if spec.get("question"):
+            result["question"] = _question_score(run_dir, spec)
         if as_json:
             typer.echo(json.dumps(result, default=str))
             return
@@ -121,11 +123,37 @@ def score(
                 r["id"], r["author"], r["outcome"], "holds" if r["holds"] else "does not hold", agree
             )
         Console().print(table)
+        if result.get("question"):
+            q = result["question"]
+            parts = ", ".join(f"{k} {v}" for k, v in q["parts"].items())
+            typer.echo(
+                f"goal's question ({spec['question']['kind']}): {q['success']} ({parts}); truth {q['truth']}"
+            )
         if result["goal"]:
             for shape, d in result["goal"]["shapes"].items():
                 typer.echo(
                     f"goal: {shape}s host the band: said {d['said']}, truth {'yes' if d['truth'] else 'no'}"
                 )
+
+
+def _question_score(run_dir: Path, spec: dict) -> dict:
+    """The run's answer to its goal's typed question scored against the oracle's."""
+    from pydantic import TypeAdapter
+
+    from autoscope.agents.question import Question
+    from autoscope.evals.scoring import question_score
+    from autoscope.tools.store import RunStore
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    truth, scored = question_score(
+        RunStore.open(run_dir, read_only=True),
+        (summary.get("answer") or {}).get("question"),
+        TypeAdapter(Question).validate_python(spec["question"]),
+        spec["scenario"],
+        int(spec["seed"]),
+        spec.get("sample") or None,
+    )
+    return {**scored, "truth": truth["parts"]}
 
 
 def discovery(

@@ -35,6 +35,12 @@ def eval_cmd(
     ] = None,
     openai_model: Annotated[str | None, typer.Option(help="Model name at that endpoint.")] = None,
     figures: Annotated[bool, typer.Option("--figures", help="Draw every run's own figures too.")] = False,
+    rescore: Annotated[
+        bool,
+        typer.Option(
+            "--rescore", help="Score the stored runs again (after a scorer change); re-runs nothing."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregate as JSON.")] = False,
 ) -> None:
     """Every task of a suite under every backend (paired: same tasks, same seeds), scored against the
@@ -70,6 +76,7 @@ def eval_cmd(
                 in_process=in_process,
                 settings_update=update,
                 figures=figures,
+                rescore=rescore,
                 progress=advance,
             )
         meta = {

@@ -81,6 +81,11 @@ def summarize(results: Sequence[dict]) -> dict[str, Any]:
         "score": score,
         "errors": sum(r.get("error") is not None for r in results),
         "verdicts": len(verdicts),
+        "verdicts_decided": sum(v["outcome"] != "inconclusive" for v in verdicts),
+        "verdicts_agree": sum(
+            v["outcome"] != "inconclusive" and (v["outcome"] == "supported") == v["holds"] for v in verdicts
+        ),
+        "false_supported": sum(v["outcome"] == "supported" and not v["holds"] for v in verdicts),
         "verdict_balanced_accuracy": ba,
         "confusion": confusion(verdicts),
         "final_confidence": _mean([r.get("confidence", {}).get("final", 0.5) for r in results]),
@@ -167,7 +172,7 @@ def _curves(ax, results: Sequence[dict], scenario: str, backends: Sequence[str])
         return
     top = max(p[0] for r in rs for p in r["confidence"]["points"])
     low = min(p[0] for r in rs for p in r["confidence"]["points"])
-    grid = np.geomspace(max(low, 1.0), top, 40)
+    grid = np.linspace(low, top, 60)
     for b in backends:
         mine = [r for r in results if r["backend"] == b and r["scenario"] == scenario]
         if not mine:
@@ -179,8 +184,8 @@ def _curves(ax, results: Sequence[dict], scenario: str, backends: Sequence[str])
             ys.append(np.where(idx >= 0, pts[np.clip(idx, 0, None), 1], 0.5))
         ax.plot(grid, np.mean(ys, axis=0), label=f"{b} ({len(mine)})")
     ax.axhline(0.95, color="grey", lw=0.5, ls="--")
-    ax.set_xscale("log")
-    ax.set_ylim(0.4, 1.02)
+    ax.axhline(0.5, color="grey", lw=0.5, ls=":")
+    ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("dose spent (electrons)")
     ax.set_ylabel("confidence in the correct answer")
     ax.set_title(scenario)
@@ -212,6 +217,23 @@ def figures(results: Sequence[dict], agg: dict, out: Path) -> list[Path]:
     fig.suptitle("information per dose: mean confidence in the correct answer")
     fig.tight_layout()
     paths.append(out / "information_per_dose.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    bs = agg["backends"]
+    fig, axes = plt.subplots(1, len(bs), figsize=(3.2 * len(bs), 3.0), squeeze=False)
+    for ax, b in zip(axes[0], bs, strict=True):
+        t = agg["by_backend"][b]["confusion"]
+        m = np.array([[t[o]["true"], t[o]["false"]] for o in ("supported", "refuted", "inconclusive")])
+        ax.imshow(m, cmap="Blues")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, str(v), ha="center", va="center")
+        ax.set_xticks([0, 1], ["claim true", "claim false"])
+        ax.set_yticks([0, 1, 2], ["supported", "refuted", "inconclusive"])
+        ax.set_title(b)
+    fig.suptitle("verdicts × the truth of their claims")
+    fig.tight_layout()
+    paths.append(out / "verdict_confusion.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
@@ -249,10 +271,10 @@ def _ci(t: tuple | None) -> str:
 def leaderboard(agg: dict) -> str:
     """The leaderboard table (markdown), one row per backend."""
     rows = [
-        "| backend | tasks | YES / PARTIAL / NO | success score | Δ vs none (paired) | verdict bal. accuracy | "
-        "final confidence | spectra / budget | sleepwalking | injection reached / unsafe approved | "
-        "LLM calls | s / task |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | tasks | YES / PARTIAL / NO | success score | Δ vs none (paired) | verdicts agreeing / decided "
+        "/ all (false supported) | verdict bal. accuracy | final confidence | spectra / budget | sleepwalking | "
+        "injection reached / unsafe approved | LLM calls | s / task |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in agg["backends"]:
         s = agg["by_backend"][b]
@@ -261,6 +283,7 @@ def leaderboard(agg: dict) -> str:
         rows.append(
             f"| `{b}` | {s['tasks']} | {c['YES']} / {c['PARTIAL']} / {c['NO']} | {_ci(s['score'])} | "
             f"{_ci(agg['paired_vs_none'].get(b)) if b != 'none' else 'reference'} | "
+            f"{s['verdicts_agree']} / {s['verdicts_decided']} / {s['verdicts']} ({s['false_supported']}) | "
             f"{_ci(s['verdict_balanced_accuracy'])} | {s['final_confidence']:.2f} | "
             f"{s['spectra_mean']:.0f} / {s['budget_mean']:.0f} | {sleep} | "
             f"{s['injection']['reached']} / {s['injection']['auto_approved_unsafe']} | {s['llm_calls']} | "
@@ -314,7 +337,13 @@ def report_markdown(meta: dict, results: Sequence[dict], agg: dict) -> str:
                 else "—"
             )
         out.append(f"| {f} | " + " | ".join(cells) + " |")
-    out += ["", "## Verdicts against the truth (confusion: verdict × truth)", ""]
+    out += [
+        "",
+        "## Verdicts against the truth (confusion: verdict × truth)",
+        "",
+        "![confusion](verdict_confusion.png)",
+        "",
+    ]
     out += [
         "| backend | verdicts | supported true / false | refuted true / false | inconclusive true / false |",
         "|---|---|---|---|---|",

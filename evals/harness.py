@@ -18,12 +18,13 @@ process shares the cores with llama.cpp (its threads spin while they wait).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +93,20 @@ def person(task: Task) -> Callable[[GateRequest], GateResponse | None]:
     return answer
 
 
-def _limit_threads() -> Any:
-    """One torch and BLAS thread for the task (results do not depend on where it ran)."""
+@contextlib.contextmanager
+def _limit_threads() -> Iterator[None]:
+    """One torch and BLAS thread for the task (results do not depend on where it ran); the
+    process's own settings come back after it. (llama.cpp sets its threads itself.)"""
     import torch
     from threadpoolctl import threadpool_limits
 
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    return threadpool_limits(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_task(
@@ -183,6 +191,22 @@ def run_task(
     return result
 
 
+def rescored(task: Task, old: dict, out: Path) -> dict:
+    """A stored task result scored again from its run directory with the scorer as it is now."""
+    result = score_task(
+        task,
+        out / old["run_dir"],
+        backend=old["backend"],
+        status=old["status"],
+        wall_s=old["wall_s"],
+        reached=old.get("reached", 0),
+        violations=old.get("violations", []),
+        error=old.get("error"),
+    )
+    result["run_dir"] = old["run_dir"]
+    return result
+
+
 def _unscored(task: Task, backend: str, run_dir: Path, out: Path, status: str, wall: float, error) -> dict:
     summary_path = run_dir / "summary.json"
     summ = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -245,14 +269,20 @@ def run_eval(
     settings_update: dict[str, Any] | None = None,
     figures: bool = False,
     score: bool = True,
+    rescore: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """Run what is not done yet of (task × backend) and return every result, in task order."""
+    """Run what is not done yet of (task × backend) and return every result, in task order.
+    ``rescore``: score the stored runs again first (after a change to the scorer; nothing is re-run)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _manifest(out, suite, split, backends)
     todo_all = tasks(suite, split)
     pairs = [(t, b) for b in backends for t in todo_all]
+    if rescore:
+        for t, b in pairs:
+            if result_path(out, b, t.id).exists():
+                save_result(out, rescored(t, json.loads(result_path(out, b, t.id).read_text()), out))
     todo = [(t, b) for t, b in pairs if not result_path(out, b, t.id).exists()]
     if progress and len(pairs) > len(todo):
         progress(len(pairs) - len(todo))
@@ -289,6 +319,8 @@ def run_eval(
 def _on_dask(todo, out: Path, *, scheduler, workers, args, progress) -> None:
     from distributed import Client, LocalCluster, as_completed
 
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # its start and stop narrated at INFO
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(

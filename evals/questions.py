@@ -10,8 +10,11 @@ never from the run's survey map or estimates.
 - ``hosts``: one part per candidate class the sample has (a class with no true members is no
   part); the run's "yes"/"no" is *correct* when it matches the truth (true mean ≥ ``min_ratio``
   × the reference's), *wrong* when it contradicts it; "undecided" or "unmeasured" is *unanswered*;
-- ``strongest``: one part; the run's class is correct when it is the class with the highest true
-  mean among the candidates the sample has, wrong when it names another, unanswered when undecided;
+- ``strongest``: two parts. The class: the run's is correct when it is the class with the highest
+  true mean among the candidates the sample has, wrong when it names another, unanswered when
+  undecided — unless no class stands above the rest (a tie, e.g. the signal is absent from the
+  field), when the truth is "none" and only "undecided" is correct. The coverage: correct when
+  the run measured every candidate the sample has, else unanswered (never wrong);
 - ``shift``: two parts, the direction (up/down of the true b − a difference) and the magnitude
   (the run's 95 % interval contains the true difference; unanswered while the direction is).
 
@@ -32,6 +35,8 @@ from autoscope.instruments.sim.scenarios import make_microscope
 
 log = logging.getLogger(__name__)
 SCORE = {"YES": 1.0, "PARTIAL": 0.5, "NO": 0.0}
+#: the strongest-class truth when no candidate stands above the rest (the signal is absent)
+NONE = "none"
 
 
 def question_truth(
@@ -48,7 +53,8 @@ def question_truth(
 ) -> dict[str, Any]:
     """The true answer: ``{"parts": {name: truth}, "means": {class: true mean}, "members": ...}``.
 
-    ``hosts``: {class: bool} for the classes the sample has; ``strongest``: {"strongest": class};
+    ``hosts``: {class: bool} for the classes the sample has; ``strongest``: {"strongest": class or
+    "none", "measured": the candidate classes the sample has};
     ``shift``: {"direction": "up"|"down", "magnitude": true b − a}."""
     scope = make_microscope(scenario, seed=seed, variant=sample)
     window = {"dwell_s": spectrum_dwell_s, "energy_min_eV": energy_min_eV, "energy_max_eV": energy_max_eV}
@@ -68,7 +74,11 @@ def question_truth(
     elif q.kind == "strongest":
         means = {c: mean(c) for c in q.classes}
         have = {c: m for c, m in means.items() if ev.members.get(c, 0) and math.isfinite(m)}
-        parts = {"strongest": max(have, key=have.get)} if have else {}
+        ranked = sorted(have.values(), reverse=True)
+        best = max(have, key=have.get) if have else None
+        if len(ranked) > 1 and ranked[0] <= ranked[1]:  # a tie (e.g. no class carries the signal)
+            best = NONE
+        parts = {"strongest": best, "measured": sorted(have)} if have else {}
     else:
         means = {q.a: mean(q.a), q.b: mean(q.b)}
         diff = means[q.b] - means[q.a]
@@ -92,8 +102,12 @@ def score_answer(truth: dict[str, Any], answer: dict[str, Any] | None) -> dict[s
         if kind == "hosts":
             s = (said.get(name) or {}).get("says")
             parts[name] = _part({"yes": True, "no": False}.get(s, s), t)
-        elif kind == "strongest":
-            parts[name] = _part((said.get(name) or {}).get("says"), t)
+        elif kind == "strongest" and name == "strongest":
+            s = (said.get(name) or {}).get("says")
+            parts[name] = _part(NONE if s == "undecided" and t == NONE else s, t)
+        elif kind == "strongest":  # every candidate the sample has was measured
+            seen = set(((said.get("strongest") or {}).get("measured")) or [])
+            parts[name] = "correct" if set(t) <= seen else "unanswered"
         elif name == "direction":
             parts[name] = _part((said.get("direction") or {}).get("says"), t)
         else:  # magnitude: the interval holds the true difference

@@ -106,6 +106,8 @@ def _part_confidence(kind: str, name: str, truth: Any, q: Any, ests: dict) -> fl
 
     if kind == "hosts":
         return prob({name: 1.0, q.versus: -q.min_ratio}, bool(truth))
+    if kind == "strongest" and (name != "strongest" or truth == "none"):
+        return math.nan  # coverage is no sign; an absent signal has no true sign to gain confidence in
     if kind == "strongest":
         others = [c for c in q.classes if c != truth and c in ests and ests[c].n >= 2]
         return min((prob({truth: 1.0, o: -1.0}, True) for o in others), default=0.5)
@@ -152,6 +154,33 @@ def confidence_curve(task: Task, truth: dict, answer: dict | None, store: RunSto
     return {"points": points, "final": points[-1][1], "dose_to_95_e": d95}
 
 
+def question_score(
+    store: RunStore, answer: dict | None, question: Any, scenario: str, seed: int, sample: dict | None
+) -> tuple[dict, dict]:
+    """(the oracle's answer, the run's scored against it) for a run's typed question. The truth is
+    taken on the signal the run answered with (the same quantity, perhaps another band or onset
+    fraction: ``agents/question.matches``), else on the question's own; the spectrometer window
+    and dwell are the scenario template's."""
+    from autoscope.tools.campaign import default_campaign_path, load_campaign
+
+    tpl = load_campaign(default_campaign_path(scenario))
+    if answer and answer.get("signal"):
+        question = question.model_copy(
+            update={"signal": TypeAdapter(Scalarizer).validate_python(answer["signal"])}
+        )
+    truth = question_truth(
+        question,
+        scenario,
+        seed,
+        store.load(IMAGE_STEP),
+        spectrum_dwell_s=tpl.spectrum_dwell_s,
+        energy_min_eV=tpl.energy_min_eV,
+        energy_max_eV=tpl.energy_max_eV,
+        sample=sample,
+    )
+    return truth, score_answer(truth, answer)
+
+
 def score_task(
     task: Task,
     run_dir: Path,
@@ -184,26 +213,10 @@ def score_task(
     summary = json.loads(summary_path.read_text())
     store = RunStore.open(run_dir, read_only=True)
     survey = store.load(IMAGE_STEP)
-    from autoscope.tools.campaign import default_campaign_path, load_campaign
-
-    tpl = load_campaign(default_campaign_path(task.scenario))
     answer = (summary.get("answer") or {}).get("question")
-    # the truth of the question on the signal the run answered it with (the same quantity, perhaps
-    # another band or onset fraction: see agents/question.matches), else on the question's own
-    asked = task.question
-    if answer and answer.get("signal"):
-        asked = asked.model_copy(update={"signal": TypeAdapter(Scalarizer).validate_python(answer["signal"])})
-    truth = question_truth(
-        asked,
-        task.scenario,
-        task.seed,
-        survey,
-        spectrum_dwell_s=tpl.spectrum_dwell_s,
-        energy_min_eV=tpl.energy_min_eV,
-        energy_max_eV=tpl.energy_max_eV,
-        sample=task.sample or None,
+    truth, scored = question_score(
+        store, answer, task.question, task.scenario, task.seed, task.sample or None
     )
-    scored = score_answer(truth, answer)
     verdicts = score_run(run_dir, task.scenario, task.seed, sample=task.sample or None)["rows"]
     llm = summary.get("llm") or {}
     return {
@@ -231,4 +244,4 @@ def score_task(
     }
 
 
-__all__ = ["confidence_curve", "score_task", "sleepwalking"]
+__all__ = ["confidence_curve", "question_score", "score_task", "sleepwalking"]

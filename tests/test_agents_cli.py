@@ -59,6 +59,12 @@ def test_run_without_llm_completes_on_every_scenario(tmp_path: Path, scenario: s
     scored = autoscope("bench", "score", str(out), "--json")
     assert scored.returncode == 0, scored.stderr
     rows = json.loads(scored.stdout)["rows"]
+    # the default goal's typed question, answered by the run and scored by the rule of evals/questions.py
+    q = json.loads(scored.stdout)["question"]
+    assert q["success"] in ("YES", "PARTIAL", "NO") and set(q["parts"]) == set(q["truth"])
+    assert s["answer"]["question"]["kind"] == {"plasmonic": "hosts", "tmd-defects": "strongest"}.get(
+        scenario, "shift"
+    )
     outcomes = {h["id"]: h["verdict"] for h in s["hypotheses"]}
     assert {r["id"]: r["outcome"] for r in rows} == outcomes
     for row in rows:  # agreement is the verdict against the oracle's truth, computed apart

@@ -364,7 +364,12 @@ def test_a_schema_enforcing_model_proposes_its_own_hypothesis_and_sees_the_examp
         seen.append(list(messages))
         return given[0]
 
-    out = run(tmp_path / "run", llm=Enforcing([own, repaired, answer(), again, repaired, answer()]), rounds=2, budget=32)
+    out = run(
+        tmp_path / "run",
+        llm=Enforcing([own, repaired, answer(), again, repaired, answer()]),
+        rounds=2,
+        budget=32,
+    )
     assert out.status == "done"
     first = next(m for m in seen[0] if m["role"] == "user")["content"]
     assert "JSON shape is enforced" in first and '"prediction"' not in first
