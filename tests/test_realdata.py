@@ -61,8 +61,9 @@ def test_the_default_survey_reproduces_the_recorded_image(tmp_path: Path, name: 
 
 
 #: budgets here: the whole map where it is small; 400 on every map is the command in the README
-#: ("Campaigns on the real recordings"), too slow for the suite
-BUDGETS = {"MAPbI3_EELS_SI": 100, "Si_EDS_SI_velox": 400, "STO_EELS_spectrum": 16}
+#: ("Campaigns on the real recordings"), too slow for the suite; 150 on core_shell's 64×64 map,
+#: where 60 measurements miss all of its 3 % NaN pixels about one time in six (0.97⁶⁰ ≈ 0.16)
+BUDGETS = {"MAPbI3_EELS_SI": 100, "Si_EDS_SI_velox": 400, "STO_EELS_spectrum": 16, "core_shell_EDS_SI": 150}
 
 
 @pytest.mark.parametrize("name", NAMES)
