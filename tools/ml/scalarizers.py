@@ -87,19 +87,29 @@ def power_law_background(energy_eV: np.ndarray, counts: np.ndarray, pre: np.ndar
     if ok.sum() < 3 or np.any(e <= 0):
         raise ValueError("power-law background: fewer than 3 positive channels in the pre-edge window")
     x = np.log(e)
-    slope, intercept = np.polyfit(x[ok], np.log(c[ok]), 1, w=np.sqrt(c[ok]))
-    beta = np.array([intercept, slope])
-    design = np.column_stack([np.ones_like(x), x - x.mean()])
-    beta[0] += beta[1] * x.mean()  # centred design: intercept at the window's mean log E
+    d = x - x.mean()  # centred design: the intercept is at the window's mean log E
+    # start: the log-log least-squares line, weighted by the counts (their Poisson variances)
+    w, dl, yl = c[ok], d[ok], np.log(c[ok])
+    dw, yw = np.average(dl, weights=w), np.average(yl, weights=w)
+    slope = float(np.sum(w * (dl - dw) * (yl - yw)) / np.sum(w * (dl - dw) ** 2))
+    beta = np.array([yw - slope * dw, slope])
+    # Newton (= Fisher scoring for the log link) on the 2×2 Poisson information, solved in closed form
     for _ in range(25):
-        mu = np.exp(np.clip(design @ beta, -700, 700))
-        step = np.linalg.lstsq(design * np.sqrt(mu)[:, None], (c - mu) / np.sqrt(mu), rcond=None)[0]
+        mu = np.exp(np.clip(beta[0] + beta[1] * d, -700, 700))
+        s0, s1, s2 = mu.sum(), (mu * d).sum(), (mu * d * d).sum()
+        g0, g1 = (c - mu).sum(), ((c - mu) * d).sum()
+        det = s0 * s2 - s1 * s1
+        if not det > 0:
+            break
+        step = np.array([s2 * g0 - s1 * g1, s0 * g1 - s1 * g0]) / det
         beta = beta + step
         if np.max(np.abs(step)) < 1e-10:
             break
-    mu = np.exp(np.clip(design @ beta, -700, 700))
-    cov = np.linalg.pinv(design.T @ (design * mu[:, None]))  # Poisson information of (log A, -r)
-    slope_se = math.sqrt(max(float(cov[1, 1]), 0.0))
+    mu = np.exp(np.clip(beta[0] + beta[1] * d, -700, 700))
+    s0, s1, s2 = mu.sum(), (mu * d).sum(), (mu * d * d).sum()
+    det = s0 * s2 - s1 * s1
+    cov11 = s0 / det if det > 0 else math.inf  # Var(slope) from the Poisson information of (log A, -r)
+    slope_se = math.sqrt(max(float(cov11), 0.0))
     if not np.all(np.isfinite(beta)) or beta[1] > RISING_SE * slope_se:
         raise ValueError(
             f"power-law background: the counts rise over the pre-edge window (r = {-beta[1]:.3g} ± "
