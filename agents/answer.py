@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoscope.agents.question import HostsQuestion, answer
+from autoscope.agents.question import HostsQuestion, answer, answers_question, question_classes
 from autoscope.agents.question import text as question_text
 from autoscope.tools.grounding.classes import KEY_CLASS_OF_SHAPE
 
@@ -23,17 +23,41 @@ HOST_MIN_RATIO = 2.0
 """A shape hosts a signal when its key class's mean is at least this many times the substrate's."""
 
 
+def hosts_question(hypothesis: Any) -> HostsQuestion | None:
+    """The question a signal localized at a class against the substrate raises: which particle
+    shapes host it, every shape's key class (in ``KEY_CLASS_OF_SHAPE`` order) against the substrate
+    on the hypothesis's own signal. None for any other prediction. ``hypothesis``: a mapping or a
+    ``Hypothesis``."""
+    if hasattr(hypothesis, "model_dump"):
+        hypothesis = hypothesis.model_dump(mode="json")
+    pred = hypothesis.get("prediction") or {}
+    if pred.get("kind") != "localized_at" or pred.get("versus") != "substrate":
+        return None
+    return HostsQuestion(
+        signal=hypothesis["signal"], classes=list(KEY_CLASS_OF_SHAPE.values()), min_ratio=HOST_MIN_RATIO
+    )
+
+
+def answer_classes(question: Any, hypothesis: Any, present: dict[str, int]) -> list[str]:
+    """The classes (with ≥ 2 members in the survey) that the answers drawn from a hypothesis's
+    spectra need measured on its signal: the goal's typed ``question`` when the hypothesis is about
+    it, and which shapes host a signal it localizes against the substrate. Both planners audit them."""
+    implied = hosts_question(hypothesis)
+    out: list[str] = []
+    for q in (implied, question):
+        if q is not None and (q is implied or answers_question(q, hypothesis)):
+            out += [c for c in question_classes(q) if present.get(c, 0) >= 2 and c not in out]
+    return out
+
+
 def shape_hosts(verdict: dict, hypothesis: dict, rounds: list[dict] = ()) -> dict[str, Any] | None:
     """Per shape, whether it hosts the signal (yes/no/undecided) with the ratio to the substrate.
 
     The hosts question over every shape's key class, on the hypothesis's own signal: the unbiased
     spectra of every round that measured the same signal are pooled per class."""
-    pred = hypothesis.get("prediction") or {}
-    if pred.get("kind") != "localized_at" or pred.get("versus") != "substrate":
+    q = hosts_question(hypothesis)
+    if q is None:
         return None
-    q = HostsQuestion(
-        signal=hypothesis["signal"], classes=list(KEY_CLASS_OF_SHAPE.values()), min_ratio=HOST_MIN_RATIO
-    )
     own = [
         r for r in rounds if r.get("verdict") and r["hypothesis"].get("signal") == hypothesis.get("signal")
     ]

@@ -20,7 +20,7 @@ import math
 import numpy as np
 from pymatgen.core import Element
 
-from autoscope.agents.question import answers_question, question_classes
+from autoscope.agents.answer import answer_classes
 from autoscope.agents.run_spec import RunSpec
 from autoscope.instruments.records import Capabilities
 from autoscope.tools.grounding.classes import KEY_CLASSES, SITE_CLASSES
@@ -306,12 +306,8 @@ def plan(
     budget = max(1, budget_left // max(rounds_left, 1))
     lo, hi = _window(h, tpl, caps)
     strata = [c for c in verdict_strata(h)] or [c for c in h.prediction.classes() if c in SITE_CLASSES]
-    if isinstance(h.prediction, LocalizedAt) and h.prediction.versus == "substrate":
-        # the goal's answer needs every shape's key class against the substrate: audit them all
-        strata += [c for c in KEY_CLASSES if present.get(c, 0) >= 2 and c not in strata]
-    if answers_question(spec.question, h):
-        # the goal's typed question needs its classes measured on this signal too
-        strata += [c for c in question_classes(spec.question) if present.get(c, 0) >= 2 and c not in strata]
+    # the answers drawn from these spectra (the goal's question, which shapes host the signal)
+    strata += [c for c in answer_classes(spec.question, h, present) if c not in strata]
     site_strata = [
         c for c in strata if c in SITE_CLASSES or isinstance(h.prediction, Trend) and c in KEY_CLASSES
     ]

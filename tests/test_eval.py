@@ -224,15 +224,11 @@ def test_stored_runs_scored_again_give_the_same_results(smoke_eval) -> None:
 
 
 def test_the_same_tasks_run_and_are_scored_on_a_local_cluster(smoke_eval, tmp_path: Path) -> None:
-    """On a 2-worker LocalCluster every task runs and is scored like in-process. (Field-for-field
-    equality held when this test ran alone and failed for the plasmonic task inside the whole
-    suite: the cause is not found yet, so equality is not claimed.)"""
+    """On a 2-worker LocalCluster every task runs and is scored as in-process, field for field
+    (other processes, other string-hash seeds: a plan that followed a set's order differed)."""
     _, here = smoke_eval
     suite = load_suite("smoke")
     there = run_eval(suite, ["none"], tmp_path / "cluster", split="test", workers=2)
     assert [r["task"] for r in there] == [r["task"] for r in here]
-    for a, b in zip(there, here, strict=True):
-        assert a["error"] is None and a["status"] == b["status"] == "done"
-        assert (
-            set(a["parts"]) == set(b["parts"]) and a["truth"] == b["truth"] and a["spectra"] == b["spectra"]
-        )
+    assert all(a["error"] is None and a["status"] == "done" for a in there)
+    assert [_stable(r) for r in there] == [_stable(r) for r in here]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 
 from autoscope.agents import deterministic
+from autoscope.agents.answer import answer_classes
 from autoscope.agents.context import RunContext
 from autoscope.agents.proposing import propose
-from autoscope.agents.question import answers_question, question_classes
 from autoscope.agents.state import GraphState
 from autoscope.agents.untrusted import screen
 from autoscope.tools.dry_run import longest_stay_s
@@ -90,9 +90,7 @@ def plan(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
             "energy_max_eV": caps.energy_max_eV,
             "survey_step": survey.model_dump_json(),
             "feedback": feedback,
-            "question_classes": [c for c in question_classes(ctx.spec.question) if present.get(c, 0) >= 2]
-            if answers_question(ctx.spec.question, h)
-            else [],
+            "question_classes": answer_classes(ctx.spec.question, h, present),
             "example": fallback().model_dump_json(exclude={"author"}),
         },
         schema=Plan,

@@ -94,7 +94,7 @@ def find_lattice(image: ImageRecord) -> LatticeMap | None:
             out.append(LatticeSite(**site, cls=_cls(sub, zi)))
     out.sort(key=lambda s: (s.y_nm, s.x_nm))
     nn_nm = _model_nn_px(basis, offsets) * image.pixel_size_nm
-    counts = {c: sum(s.cls == c for s in out) for c in {s.cls for s in out}}
+    counts = {c: sum(s.cls == c for s in out) for c in sorted({s.cls for s in out})}
     log.info("lattice: nn %.4f nm, %d sites, quality %.2f, %s", nn_nm, len(out), quality, counts)
     return LatticeMap(nn_distance_nm=nn_nm, sites=out, quality=quality)
 
