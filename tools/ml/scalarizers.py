@@ -46,7 +46,7 @@ def _window(record: SpectrumRecord, lo: float, hi: float, field: str) -> np.ndar
 
 def _smooth(counts: np.ndarray, smooth_eV: float, dispersion_eV: float) -> np.ndarray:
     sigma = smooth_eV / dispersion_eV
-    return gaussian_filter1d(counts, sigma, mode="nearest") if sigma > 0.3 else counts
+    return gaussian_filter1d(counts, sigma, axis=-1, mode="nearest") if sigma > 0.3 else counts
 
 
 def _norm_factor(record: SpectrumRecord, normalize: str) -> float:
@@ -58,75 +58,122 @@ def _norm_factor(record: SpectrumRecord, normalize: str) -> float:
     return 1.0
 
 
-def _scaled_counts(record: SpectrumRecord, normalize: str) -> np.ndarray:
-    return np.asarray(record.counts, dtype=np.float64) * _norm_factor(record, normalize)
-
-
 #: a pre-edge fit rising by more than this many standard errors of its slope is refused
 RISING_SE = 3.0
+
+
+def _power_law_fits(e: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, float, list[str | None]]:
+    """Poisson power-law fits of each row of ``c`` (n, k) at energies ``e`` (k,): (β (n, 2) of
+    log μ = β₀ + β₁·(log E − mean log E), mean log E, the reason each row's fit is refused or None)."""
+    c = np.asarray(c, dtype=np.float64)
+    n = c.shape[0]
+    problems: list[str | None] = [None] * n
+    if np.any(e <= 0):
+        return np.full((n, 2), np.nan), math.nan, [_FEW] * n
+    x = np.log(e)
+    d = x - x.mean()  # centred design: the intercept is at the window's mean log E
+    ok = c > 0
+    few = ok.sum(axis=1) < 3
+    # start: the log-log least-squares line, weighted by the counts (their Poisson variances)
+    w = np.where(ok, c, 0.0)
+    lc = np.log(np.where(ok, c, 1.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sw = w.sum(axis=1)
+        dw, yw = (w * d).sum(axis=1) / sw, (w * lc).sum(axis=1) / sw
+        slope = (w * (d - dw[:, None]) * (lc - yw[:, None])).sum(axis=1) / (
+            w * (d - dw[:, None]) ** 2
+        ).sum(axis=1)
+    beta = np.column_stack([yw - slope * dw, slope])
+    # Newton (= Fisher scoring for the log link) on each row's 2×2 Poisson information, in closed form
+    active = ~few
+    converged = np.zeros(n, dtype=bool)
+    for _ in range(25):
+        if not active.any():
+            break
+        b = beta[active]
+        mu = np.exp(np.clip(b[:, :1] + b[:, 1:] * d, -700, 700))
+        r = c[active] - mu
+        s0, s1, s2 = mu.sum(axis=1), (mu * d).sum(axis=1), (mu * d * d).sum(axis=1)
+        g0, g1 = r.sum(axis=1), (r * d).sum(axis=1)
+        det = s0 * s2 - s1 * s1
+        good = det > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step = np.column_stack([s2 * g0 - s1 * g1, s0 * g1 - s1 * g0]) / det[:, None]
+        step[~good] = 0.0
+        beta[active] = b + step
+        rows = np.flatnonzero(active)
+        done = good & (np.max(np.abs(step), axis=1) < 1e-10)
+        converged[rows[done]] = True
+        active[rows[~good | done]] = False
+    mu = np.exp(np.clip(beta[:, :1] + beta[:, 1:] * d, -700, 700))
+    s0, s1, s2 = mu.sum(axis=1), (mu * d).sum(axis=1), (mu * d * d).sum(axis=1)
+    det = s0 * s2 - s1 * s1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Var(slope) from the Poisson information of (log A, -r); NaN where it is singular
+        slope_se = np.sqrt(np.where(det > 0, s0 / np.where(det > 0, det, 1.0), np.nan))
+    for i in range(n):
+        if few[i]:
+            problems[i] = _FEW
+        elif not (converged[i] and np.all(np.isfinite(beta[i])) and np.isfinite(slope_se[i])):
+            problems[i] = (
+                "power-law background: the fit over the pre-edge window does not converge in 25 steps "
+                "(its counts follow no power law: read noise about zero?)"
+            )
+        elif beta[i, 1] > RISING_SE * slope_se[i]:
+            problems[i] = (
+                f"power-law background: the counts rise over the pre-edge window (r = {-beta[i, 1]:.3g} ± "
+                f"{slope_se[i]:.2g}; a background falls): it holds signal or is not counts (dark-subtracted?)"
+            )
+    return beta, float(x.mean()), problems
+
+
+_FEW = "power-law background: fewer than 3 positive channels in the pre-edge window"
+
+
+def power_law_backgrounds(
+    energy_eV: np.ndarray, counts: np.ndarray, pre: np.ndarray
+) -> tuple[np.ndarray, list[str | None]]:
+    """``power_law_background`` of each row of ``counts`` (n, channels) at once: (the backgrounds
+    (n, channels), NaN in a row whose fit is refused; the reason for each refusal or None)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    beta, xm, problems = _power_law_fits(energy_eV[pre], counts[:, pre])
+    out = np.zeros(counts.shape, dtype=np.float64)
+    pos = energy_eV > 0
+    out[:, pos] = np.exp(beta[:, :1] + beta[:, 1:] * (np.log(energy_eV[pos]) - xm))
+    out[[p is not None for p in problems]] = np.nan
+    return out, problems
 
 
 def power_law_background(energy_eV: np.ndarray, counts: np.ndarray, pre: np.ndarray) -> np.ndarray:
     """A·E^-r fitted to ``counts[pre]`` by Poisson maximum likelihood, evaluated on the whole axis.
 
-    The fit is a log-link Poisson regression of the counts on log E (iteratively reweighted
-    least squares, started from the log-log least-squares line), so channels with zero counts
-    take part: a log-log fit has to drop them, which biases the background upward — and the
-    signal above it downward — when a channel holds a few counts. The estimating equations
-    are unchanged by a constant scale, so dose-normalised counts fit the same way; pass raw
-    counts for the check below to read them as Poisson.
-    ValueError when fewer than 3 channels of the window are positive or E ≤ 0, and when the
-    fitted counts *rise* with energy by more than ``RISING_SE`` standard errors of the slope:
+    The fit is a log-link Poisson regression of the counts on log E (Newton's method on the 2×2
+    Poisson information, started from the count-weighted log-log least-squares line), so channels
+    with zero counts take part: a log-log fit has to drop them, which biases the background
+    upward — and the signal above it downward — when a channel holds a few counts. The estimating
+    equations are unchanged by a constant scale, so dose-normalised counts fit the same way; pass
+    raw counts for the check below to read them as Poisson.
+    ValueError when fewer than 3 channels of the window are positive or E ≤ 0, when Newton's method
+    does not converge in 25 steps (read noise about zero, where an unconverged fit extrapolates to
+    anything), and when the fitted counts *rise* with energy by more than ``RISING_SE`` standard errors of the slope:
     a background falls (A·E^-r, r > 0), so a significantly rising pre-edge window holds
     signal, an artefact or dark-subtracted data, and extrapolating it under the band gives
     numbers that mean nothing (on a real dark-subtracted EELS map, −0.7 to −3.6·10¹⁹ against
     band signals of 10⁻⁴).
     """
-    e, c = energy_eV[pre], np.asarray(counts[pre], dtype=np.float64)
-    ok = (c > 0) & (e > 0)
-    if ok.sum() < 3 or np.any(e <= 0):
-        raise ValueError("power-law background: fewer than 3 positive channels in the pre-edge window")
-    x = np.log(e)
-    d = x - x.mean()  # centred design: the intercept is at the window's mean log E
-    # start: the log-log least-squares line, weighted by the counts (their Poisson variances)
-    w, dl, yl = c[ok], d[ok], np.log(c[ok])
-    dw, yw = np.average(dl, weights=w), np.average(yl, weights=w)
-    slope = float(np.sum(w * (dl - dw) * (yl - yw)) / np.sum(w * (dl - dw) ** 2))
-    beta = np.array([yw - slope * dw, slope])
-    # Newton (= Fisher scoring for the log link) on the 2×2 Poisson information, solved in closed form
-    for _ in range(25):
-        mu = np.exp(np.clip(beta[0] + beta[1] * d, -700, 700))
-        s0, s1, s2 = mu.sum(), (mu * d).sum(), (mu * d * d).sum()
-        g0, g1 = (c - mu).sum(), ((c - mu) * d).sum()
-        det = s0 * s2 - s1 * s1
-        if not det > 0:
-            break
-        step = np.array([s2 * g0 - s1 * g1, s0 * g1 - s1 * g0]) / det
-        beta = beta + step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    mu = np.exp(np.clip(beta[0] + beta[1] * d, -700, 700))
-    s0, s1, s2 = mu.sum(), (mu * d).sum(), (mu * d * d).sum()
-    det = s0 * s2 - s1 * s1
-    cov11 = s0 / det if det > 0 else math.inf  # Var(slope) from the Poisson information of (log A, -r)
-    slope_se = math.sqrt(max(float(cov11), 0.0))
-    if not np.all(np.isfinite(beta)) or beta[1] > RISING_SE * slope_se:
-        raise ValueError(
-            f"power-law background: the counts rise over the pre-edge window (r = {-beta[1]:.3g} ± "
-            f"{slope_se:.2g}; a background falls): it holds signal or is not counts (dark-subtracted?)"
-        )
-    out = np.zeros_like(energy_eV, dtype=np.float64)
-    pos = energy_eV > 0
-    out[pos] = np.exp(beta[0] + beta[1] * (np.log(energy_eV[pos]) - x.mean()))
-    return out
+    out, problems = power_law_backgrounds(energy_eV, np.asarray(counts, dtype=np.float64)[None], pre)
+    if problems[0] is not None:
+        raise ValueError(problems[0])
+    return out[0]
 
 
 def _linear_background(e: np.ndarray, y: np.ndarray, idx: np.ndarray, edge_channels: int = 3) -> np.ndarray:
-    """Straight line through the means of the first and last ``edge_channels`` of the window."""
+    """Straight line through the means of the first and last ``edge_channels`` of the window
+    (``y``: one spectrum, or spectra along the last axis)."""
     k = max(1, min(edge_channels, idx.size // 3))
     a, b = idx[:k], idx[-k:]
     e0, e1 = e[a].mean(), e[b].mean()
-    y0, y1 = y[a].mean(), y[b].mean()
+    y0, y1 = y[..., a].mean(axis=-1, keepdims=True), y[..., b].mean(axis=-1, keepdims=True)
     return y0 + (y1 - y0) * (e[idx] - e0) / (e1 - e0)
 
 
@@ -153,16 +200,21 @@ class _Scalarizer(BaseModel):
         """
         rng = np.random.default_rng(seed)
         lam = np.clip(np.asarray(record.counts, np.float64), 0.0, None)
+        vals = self.values_of_draws(record, rng.poisson(lam, size=(n_draws, lam.size)).astype(np.float64))
+        vals = vals[np.isfinite(vals)]
+        return float(vals.std(ddof=1)) if vals.size > 1 else math.nan
 
-        def draw() -> float:
+    def values_of_draws(self, record: SpectrumRecord, draws: np.ndarray) -> np.ndarray:
+        """The value of ``record`` with its counts replaced by each row of ``draws`` (n, channels);
+        NaN where it cannot be computed. A scalarizer may do the rows at once; the same as one by one."""
+
+        def one(counts: np.ndarray) -> float:
             try:
-                return self(dataclasses.replace(record, counts=rng.poisson(lam).astype(np.float64)))
+                return self(dataclasses.replace(record, counts=counts))
             except ValueError:
                 return math.nan
 
-        vals = np.array([draw() for _ in range(n_draws)])
-        vals = vals[np.isfinite(vals)]
-        return float(vals.std(ddof=1)) if vals.size > 1 else math.nan
+        return np.array([one(row) for row in draws], dtype=np.float64)
 
     def describe(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -211,21 +263,37 @@ class BandIntensity(_Scalarizer):
         return lo, hi
 
     def __call__(self, record: SpectrumRecord) -> float:
+        values, problems = self._rows(record, np.asarray(record.counts, dtype=np.float64)[None])
+        if problems[0] is not None:
+            raise ValueError(problems[0])
+        return float(values[0])
+
+    def values_of_draws(self, record: SpectrumRecord, draws: np.ndarray) -> np.ndarray:
+        return self._rows(record, draws)[0]
+
+    def _rows(self, record: SpectrumRecord, counts: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """The value of each row of ``counts`` (n, channels) as the counts of ``record``, and why
+        a row has none (a refused background fit) or None."""
         idx = _window(record, self.lo_eV, self.hi_eV, "lo_eV/hi_eV")
         e = record.energy_eV
-        y = _scaled_counts(record, self.normalize)
+        if self.normalize == "total":
+            factor = 1.0 / np.maximum(counts.sum(axis=1), 1e-300)
+        else:
+            factor = np.full(len(counts), _norm_factor(record, self.normalize))
+        y = counts * factor[:, None]
+        problems: list[str | None] = [None] * len(counts)
         if self.background == "power_law":
             pre = _window(record, *self.pre_window(), "pre_lo_eV/pre_hi_eV")
-            raw = np.asarray(record.counts, dtype=np.float64)
             # fitted on the counts as detected (their Poisson errors), then normalised like y
-            sig = y[idx] - _norm_factor(record, self.normalize) * power_law_background(e, raw, pre)[idx]
+            bg, problems = power_law_backgrounds(e, counts, pre)
+            sig = y[:, idx] - factor[:, None] * bg[:, idx]
         elif self.background == "linear":
-            sig = y[idx] - _linear_background(e, y, idx)
+            sig = y[:, idx] - _linear_background(e, y, idx)
         else:
-            sig = y[idx]
+            sig = y[:, idx]
         if self.reduce == "integral":
-            return float(sig.sum() * record.dispersion_eV)
-        return float(_smooth(sig, self.smooth_eV, record.dispersion_eV).max())
+            return sig.sum(axis=1) * record.dispersion_eV, problems
+        return _smooth(sig, self.smooth_eV, record.dispersion_eV).max(axis=1), problems
 
     def describe(self) -> str:
         bg = "" if self.background == "none" else f", {self.background} background"
@@ -339,22 +407,40 @@ class EdgeOnset(_Scalarizer):
         return self
 
     def onset_eV(self, record: SpectrumRecord) -> float:
+        onsets, problems = self._onsets(record, np.asarray(record.counts, np.float64)[None])
+        if problems[0] is not None:
+            raise ValueError(problems[0])
+        return float(onsets[0])
+
+    def values_of_draws(self, record: SpectrumRecord, draws: np.ndarray) -> np.ndarray:
+        onsets = self._onsets(record, draws)[0]
+        return onsets - self.reference_eV if self.reference_eV is not None else onsets
+
+    def _onsets(self, record: SpectrumRecord, counts: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """The onset of each row of ``counts`` (n, channels) as the counts of ``record`` (NaN where
+        the background fit is refused), and the reasons."""
         idx = _window(record, self.lo_eV, self.hi_eV, "lo_eV/hi_eV")
         pre = _window(record, self.pre_lo_eV, self.pre_hi_eV, "pre_lo_eV/pre_hi_eV")
         e = record.energy_eV
-        c = np.asarray(record.counts, np.float64)
-        sig = _smooth(c - power_law_background(e, c, pre), self.smooth_eV, record.dispersion_eV)
-        s, es = sig[idx], e[idx]
-        level = self.fraction * s.max()
+        bg, problems = power_law_backgrounds(e, counts, pre)
+        sigs = _smooth(counts - bg, self.smooth_eV, record.dispersion_eV)[:, idx]
+        es = e[idx]
         hold = max(3, int(round(2 * self.smooth_eV / record.dispersion_eV)))
-        above = s >= level
-        # the first channel from which the signal stays at or above the level for `hold` channels
-        runs = np.convolve(above.astype(int), np.ones(hold, dtype=int), mode="full")[hold - 1 :]
-        lasting = np.flatnonzero((runs >= min(hold, above.size)) & above)
-        i = int(lasting[0]) if lasting.size else int(np.argmax(above))
-        if i == 0:
-            return float(es[0])
-        return float(es[i - 1] + (level - s[i - 1]) * (es[i] - es[i - 1]) / (s[i] - s[i - 1]))
+        out = np.full(len(counts), np.nan)
+        for r, s in enumerate(sigs):
+            if problems[r] is not None:
+                continue
+            level = self.fraction * s.max()
+            above = s >= level
+            # the first channel from which the signal stays at or above the level for `hold` channels
+            runs = np.convolve(above.astype(int), np.ones(hold, dtype=int), mode="full")[hold - 1 :]
+            lasting = np.flatnonzero((runs >= min(hold, above.size)) & above)
+            i = int(lasting[0]) if lasting.size else int(np.argmax(above))
+            if i == 0:
+                out[r] = es[0]
+            else:
+                out[r] = es[i - 1] + (level - s[i - 1]) * (es[i] - es[i - 1]) / (s[i] - s[i - 1])
+        return out, problems
 
     def __call__(self, record: SpectrumRecord) -> float:
         onset = self.onset_eV(record)
