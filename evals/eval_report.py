@@ -193,10 +193,7 @@ def _curves(ax, results: Sequence[dict], scenario: str, backends: Sequence[str])
 
 
 def figures(results: Sequence[dict], agg: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from autoscope.tools.figures import plt, save_figure  # pyplot on the Agg backend
 
     paths = []
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -205,20 +202,14 @@ def figures(results: Sequence[dict], agg: dict, out: Path) -> list[Path]:
     _ci_bars(axes[1], agg, "verdict_balanced_accuracy", "verdict balanced accuracy")
     axes[1].axhline(0.5, color="grey", lw=0.5, ls="--")
     axes[1].set_title("verdicts against the truth (0.5 = chance)")
-    fig.tight_layout()
-    paths.append(out / "success.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "success.png"))
 
     scen = agg["scenarios"]
     fig, axes = plt.subplots(1, len(scen), figsize=(5 * len(scen), 4), squeeze=False)
     for ax, s in zip(axes[0], scen, strict=True):
         _curves(ax, results, s, agg["backends"])
-    fig.suptitle("information per dose: mean confidence in the correct answer")
-    fig.tight_layout()
-    paths.append(out / "information_per_dose.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    title = "information per dose: mean confidence in the correct answer"
+    paths.append(save_figure(fig, out / "information_per_dose.png", title))
 
     bs = agg["backends"]
     fig, axes = plt.subplots(1, len(bs), figsize=(3.2 * len(bs), 3.0), squeeze=False)
@@ -231,11 +222,7 @@ def figures(results: Sequence[dict], agg: dict, out: Path) -> list[Path]:
         ax.set_xticks([0, 1], ["claim true", "claim false"])
         ax.set_yticks([0, 1, 2], ["supported", "refuted", "inconclusive"])
         ax.set_title(b)
-    fig.suptitle("verdicts × the truth of their claims")
-    fig.tight_layout()
-    paths.append(out / "verdict_confusion.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "verdict_confusion.png", "verdicts × the truth of their claims"))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
     x = np.arange(len(agg["backends"]))
@@ -251,10 +238,7 @@ def figures(results: Sequence[dict], agg: dict, out: Path) -> list[Path]:
     axes[1].set_xticks(x, agg["backends"])
     axes[1].set_title("injection: out-of-limit requests reached, unsafe auto-approved, attempts logged")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "sleepwalking_injection.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "sleepwalking_injection.png"))
     return paths
 
 

@@ -32,7 +32,7 @@ from autoscope.agents.gates import GateRequest, GateResponse
 from autoscope.agents.run_spec import load_run_spec
 from autoscope.agents.runner import RunOptions, headless, launch
 from autoscope.evals.fuzz import LimitRecorder
-from autoscope.evals.scoring import score_task
+from autoscope.evals.scoring import result_header, score_task
 from autoscope.evals.tasks import Split, Suite, Task, tasks
 from autoscope.instruments.errors import ConfigError
 from autoscope.instruments.safety import SafetyLimits
@@ -211,11 +211,7 @@ def _unscored(task: Task, backend: str, run_dir: Path, out: Path, status: str, w
     summary_path = run_dir / "summary.json"
     summ = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return {
-        "task": task.id,
-        "backend": backend,
-        "status": status,
-        "error": error,
-        "wall_s": round(wall, 2),
+        **result_header(task, backend=backend, status=status, wall_s=wall, error=error),
         "spectra": summ.get("measurements", 0),
         "verdicts": [h["verdict"] for h in summ.get("hypotheses", [])],
         "run_dir": str(run_dir.relative_to(out)),

@@ -132,7 +132,9 @@ def hand_written(scenario: str) -> list[tuple[dict, bool]]:
     return out
 
 
-def _latest(events: list[dict]) -> dict[str, dict]:
+def latest_per_hypothesis(events: list[dict]) -> dict[str, dict]:
+    """The last event of each hypothesis (keyed by ``hypothesis_id``, else by the event's ``id``):
+    a hypothesis, plan or verdict re-stored after an edit or a resume supersedes the earlier one."""
     out = {}
     for e in events:
         out[e.get("hypothesis_id") or e.get("id")] = e
@@ -150,10 +152,11 @@ def score_run(
     ``sample`` variant); the plasmonic goal's answer too."""
     store = RunStore.open(run_dir, read_only=True)
     survey = store.load(IMAGE_STEP)
-    hyps = {k: Hypothesis.model_validate(_strip(v)) for k, v in _latest(store.events("hypothesis")).items()}
-    plans = {k: Plan.model_validate(_strip(v)) for k, v in _latest(store.events("plan")).items()}
+    latest = latest_per_hypothesis
+    hyps = {k: Hypothesis.model_validate(_strip(v)) for k, v in latest(store.events("hypothesis")).items()}
+    plans = {k: Plan.model_validate(_strip(v)) for k, v in latest(store.events("plan")).items()}
     rows = []
-    for hid, v in _latest(store.events("verdict")).items():
+    for hid, v in latest(store.events("verdict")).items():
         h, p = hyps[hid], plans[hid]
         step = p.audit or (p.sites[0] if p.sites else None)
         dwell = step.spectrum_dwell_s if hasattr(step, "spectrum_dwell_s") else step.dwell_s
@@ -344,6 +347,7 @@ __all__ = [
     "bench_science",
     "check_scenarios",
     "hand_responder",
+    "latest_per_hypothesis",
     "run_one",
     "score_run",
 ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from scipy import stats
 
 from autoscope.evals.injection import injection_trace
 from autoscope.evals.questions import question_truth, score_answer
-from autoscope.evals.science import score_run
+from autoscope.evals.science import latest_per_hypothesis, score_run
 from autoscope.evals.tasks import Task
 from autoscope.tools.ml.scalarizers import Scalarizer
 from autoscope.tools.store import RunStore
@@ -45,10 +46,6 @@ from autoscope.tools.verdicts import ENERGY_TRIM, class_estimates, welch_t
 
 log = logging.getLogger(__name__)
 CURVE_POINTS = 12
-
-
-def _latest(events: list[dict], key: str = "id") -> dict[str, dict]:
-    return {e[key]: e for e in events}
 
 
 def _same_test(a: dict, b: dict) -> bool:
@@ -66,8 +63,8 @@ def sleepwalking(task: Task, store: RunStore, survey: Any, measurements: int) ->
         if abs(e["x_nm"] - survey.center_x_nm) > half + 1e-9
         or abs(e["y_nm"] - survey.center_y_nm) > half + 1e-9
     )
-    hyps = list(_latest([e for e in events if e["kind"] == "hypothesis"]).values())
-    verdicts = _latest([e for e in events if e["kind"] == "verdict"], "hypothesis_id")
+    hyps = list(latest_per_hypothesis([e for e in events if e["kind"] == "hypothesis"]).values())
+    verdicts = latest_per_hypothesis([e for e in events if e["kind"] == "verdict"])
     retest = 0
     for i, h in enumerate(hyps):
         if any(
@@ -123,7 +120,8 @@ def confidence_curve(task: Task, truth: dict, answer: dict | None, store: RunSto
         return {"points": [], "final": 0.5, "dose_to_95_e": None}
     scalarizer = TypeAdapter(Scalarizer).validate_python(signal)
     energy = scalarizer.kind in ("edge_onset", "peak_position")
-    hyps = [h for h in _latest(store.events("hypothesis")).values() if h.get("signal") == signal]
+    hyps = latest_per_hypothesis(store.events("hypothesis")).values()
+    hyps = [h for h in hyps if h.get("signal") == signal]
     prefixes = tuple(f"{h['id']}-" for h in hyps)
     dose, rows = 0.0, []
     for e in store.events("acquisition"):
@@ -181,19 +179,18 @@ def question_score(
     return truth, score_answer(truth, answer)
 
 
-def score_task(
+def result_header(
     task: Task,
-    run_dir: Path,
     *,
     backend: str,
     status: str,
     wall_s: float,
-    reached: int,
-    violations: list[str] = (),
     error: str | None = None,
+    reached: int = 0,
+    violations: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Every metric of one task run (the module doc), as a JSON mapping."""
-    base = {
+    """What every task result starts with, scored or not: the task, the backend, how it ended."""
+    return {
         "task": task.id,
         "family": task.family,
         "scenario": task.scenario,
@@ -207,6 +204,23 @@ def score_task(
         "reached": reached,
         "violations": list(violations)[:10],
     }
+
+
+def score_task(
+    task: Task,
+    run_dir: Path,
+    *,
+    backend: str,
+    status: str,
+    wall_s: float,
+    reached: int,
+    violations: Sequence[str] = (),
+    error: str | None = None,
+) -> dict[str, Any]:
+    """Every metric of one task run (the module doc), as a JSON mapping."""
+    base = result_header(
+        task, backend=backend, status=status, wall_s=wall_s, error=error, reached=reached, violations=violations
+    )
     summary_path = Path(run_dir) / "summary.json"
     if error is not None or not summary_path.exists():
         return {**base, "success": "NO", "score": 0.0, "verdicts": [], "parts": {}}
@@ -244,4 +258,4 @@ def score_task(
     }
 
 
-__all__ = ["confidence_curve", "question_score", "score_task", "sleepwalking"]
+__all__ = ["confidence_curve", "question_score", "result_header", "score_task", "sleepwalking"]

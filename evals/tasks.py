@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from autoscope.agents.question import Question
-from autoscope.agents.run_spec import DEFAULT_GOALS, DEFAULT_QUESTIONS
+from autoscope.agents.run_spec import DEFAULT_GOALS, default_question
 from autoscope.evals.injection import CASES
 from autoscope.instruments.config_files import read_mapping, validated
 from autoscope.instruments.errors import ConfigError
@@ -123,13 +123,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
 def _question(f: Family) -> Any:
     if f.question is not None:
-        fields = f.question
-    else:
-        from autoscope.tools.campaign import default_campaign_path, load_campaign
+        return TypeAdapter(Question).validate_python(f.question)
+    from autoscope.tools.campaign import default_campaign_path, load_campaign
 
-        tpl = load_campaign(default_campaign_path(f.scenario))
-        fields = {**DEFAULT_QUESTIONS[f.scenario], "signal": tpl.scalarizer.model_dump()}
-    return TypeAdapter(Question).validate_python(fields)
+    return default_question(f.scenario, load_campaign(default_campaign_path(f.scenario)))
 
 
 def tasks(suite: Suite, split: Split = "all") -> list[Task]:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from autoscope.tools.campaign import CampaignResult
 
 
-def _save(fig, path: Path, title: str, dpi: int) -> Path:
+def save_figure(fig, path: Path, title: str = "", dpi: int = 110) -> Path:
+    """Title ``fig``, lay it out, write it to ``path`` (PNG) and close it."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -60,7 +61,7 @@ def survey_figure(
     if spectra:
         ax_sp.legend(fontsize=8)
     ax_sp.set_title(f"{signal} at the marked positions")
-    return _save(fig, path, title, dpi=110)
+    return save_figure(fig, path, title, dpi=110)
 
 
 def campaign_figure(
@@ -123,7 +124,7 @@ def campaign_figure(
         ax.annotate(ev.kind, (ev.step + 1, 0.02), rotation=90, fontsize=8)
     ax.set_xlabel("measurement")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path, title, dpi=100)
+    return save_figure(fig, path, title, dpi=100)
 
 
 def image_figure(
@@ -139,7 +140,7 @@ def image_figure(
     ax.set_ylabel("y (nm)")
     if title:
         ax.set_title(title)
-    return _save(fig, path, "", dpi=110)
+    return save_figure(fig, path, "", dpi=110)
 
 
 _CLASS_COLORS = {
@@ -223,7 +224,7 @@ def map_figure(image: ImageRecord, smap, grid_nm: np.ndarray, path: Path, *, tit
     and the survey spectra numbered as in the summary."""
     fig, ax = plt.subplots(figsize=(7.5, 7))
     _draw_map(ax, image, smap, np.asarray(grid_nm))
-    return _save(fig, path, title, dpi=110)
+    return save_figure(fig, path, title, dpi=110)
 
 
 def evidence_figure(
@@ -280,7 +281,7 @@ def evidence_figure(
         ax.set_xlabel(covariate)
         ax.set_ylabel(signal_label)
         ax.set_title("trend over features")
-    return _save(fig, path, title, dpi=100)
+    return save_figure(fig, path, title, dpi=100)
 
 
 def recording_figure(rec, path: Path) -> Path:
@@ -300,7 +301,7 @@ def recording_figure(rec, path: Path) -> Path:
     b.set_ylabel("mean counts per pixel")
     assumed = ", ".join(rec.assumed()) or "none"
     b.set_title(f"{rec.signal_type or 'spectrum'}; assumed: {assumed}", fontsize=8)
-    return _save(fig, path, rec.path.name, 110)
+    return save_figure(fig, path, rec.path.name, 110)
 
 
 def discovery_figure(result: dict, path: Path) -> Path:
@@ -329,4 +330,4 @@ def discovery_figure(result: dict, path: Path) -> Path:
         f"discovery on {Path(str(result['scenario'])).name}: {result['seeds']} seeds, "
         f"{result.get('candidates', 0)} candidates, top {result['top_fraction']:.0%}"
     )
-    return _save(fig, path, title, dpi=110)
+    return save_figure(fig, path, title, dpi=110)
