@@ -31,7 +31,6 @@ from typing import Any
 from autoscope.agents.question import HostsQuestion, ShiftQuestion, StrongestQuestion
 from autoscope.evals.truth import _Evaluator
 from autoscope.instruments.records import ImageRecord
-from autoscope.instruments.sim.scenarios import make_microscope
 
 log = logging.getLogger(__name__)
 SCORE = {"YES": 1.0, "PARTIAL": 0.5, "NO": 0.0}
@@ -56,9 +55,10 @@ def question_truth(
     ``hosts``: {class: bool} for the classes the sample has; ``strongest``: {"strongest": class or
     "none", "measured": the candidate classes the sample has};
     ``shift``: {"direction": "up"|"down", "magnitude": true b − a}."""
-    scope = make_microscope(scenario, seed=seed, variant=sample)
-    window = {"dwell_s": spectrum_dwell_s, "energy_min_eV": energy_min_eV, "energy_max_eV": energy_max_eV}
-    ev = _Evaluator(scope, survey, q.signal, max_points, seed, **window)
+    ev = _Evaluator.on_fresh_twin(
+        scenario, seed, survey, q.signal, spectrum_dwell_s=spectrum_dwell_s, energy_min_eV=energy_min_eV,
+        energy_max_eV=energy_max_eV, max_points=max_points, sample=sample,
+    )  # fmt: skip
 
     def mean(c: str) -> float:
         return ev.mean(c, ev.population(c))

@@ -274,6 +274,26 @@ class _Evaluator:
         self.zeroed: dict[str, float] = {}  # raw means counted as 0
         self.floor = getattr(scalarizer, "kind", "") == "band_intensity"  # zero level: see ``mean``
 
+    @classmethod
+    def on_fresh_twin(
+        cls,
+        scenario: str,
+        seed: int,
+        survey: ImageRecord,
+        scalarizer: Any,
+        *,
+        spectrum_dwell_s: float,
+        energy_min_eV: float,
+        energy_max_eV: float,
+        max_points: int,
+        sample: dict[str, Any] | None = None,
+    ) -> _Evaluator:
+        """An evaluator on a fresh, undamaged twin of the scenario, seed and sample variant, at the
+        spectrometer window and dwell the run used."""
+        window = {"dwell_s": spectrum_dwell_s, "energy_min_eV": energy_min_eV, "energy_max_eV": energy_max_eV}
+        scope = make_microscope(scenario, seed=seed, variant=sample)
+        return cls(scope, survey, scalarizer, max_points, seed, **window)
+
     @staticmethod
     def is_site(name: str) -> bool:
         cls = members(name)
@@ -385,9 +405,10 @@ def hypothesis_truth(
 ) -> HypothesisTruth:
     """The hypothesis's effect θ on the noise-free signal of a fresh twin (of the ``sample``
     variant), over the true classes."""
-    scope = make_microscope(scenario, seed=seed, variant=sample)
-    window = {"dwell_s": spectrum_dwell_s, "energy_min_eV": energy_min_eV, "energy_max_eV": energy_max_eV}
-    ev = _Evaluator(scope, survey, h.signal, max_points, seed, **window)
+    ev = _Evaluator.on_fresh_twin(
+        scenario, seed, survey, h.signal, spectrum_dwell_s=spectrum_dwell_s, energy_min_eV=energy_min_eV,
+        energy_max_eV=energy_max_eV, max_points=max_points, sample=sample,
+    )  # fmt: skip
     p = h.prediction
     rho = None
     if isinstance(p, Identity):
