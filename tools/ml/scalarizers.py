@@ -204,6 +204,14 @@ class _Scalarizer(BaseModel):
         vals = vals[np.isfinite(vals)]
         return float(vals.std(ddof=1)) if vals.size > 1 else math.nan
 
+    def _one(self, record: SpectrumRecord) -> float:
+        """The value of one spectrum through a scalarizer's rows path (``_rows(record, counts)`` →
+        (values, the reason each has none or None)); ValueError with the reason."""
+        values, problems = self._rows(record, np.asarray(record.counts, dtype=np.float64)[None])
+        if problems[0] is not None:
+            raise ValueError(problems[0])
+        return float(values[0])
+
     def values_of_draws(self, record: SpectrumRecord, draws: np.ndarray) -> np.ndarray:
         """The value of ``record`` with its counts replaced by each row of ``draws`` (n, channels);
         NaN where it cannot be computed. A scalarizer may do the rows at once; the same as one by one."""
@@ -263,10 +271,7 @@ class BandIntensity(_Scalarizer):
         return lo, hi
 
     def __call__(self, record: SpectrumRecord) -> float:
-        values, problems = self._rows(record, np.asarray(record.counts, dtype=np.float64)[None])
-        if problems[0] is not None:
-            raise ValueError(problems[0])
-        return float(values[0])
+        return self._one(record)
 
     def values_of_draws(self, record: SpectrumRecord, draws: np.ndarray) -> np.ndarray:
         return self._rows(record, draws)[0]
@@ -406,19 +411,19 @@ class EdgeOnset(_Scalarizer):
             raise ValueError("pre_hi_eV must lie below hi_eV: the pre-edge window precedes the edge")
         return self
 
+    def __call__(self, record: SpectrumRecord) -> float:
+        return self._one(record)
+
     def onset_eV(self, record: SpectrumRecord) -> float:
-        onsets, problems = self._onsets(record, np.asarray(record.counts, np.float64)[None])
-        if problems[0] is not None:
-            raise ValueError(problems[0])
-        return float(onsets[0])
+        """The onset energy itself (``reference_eV`` added back)."""
+        return self._one(record) + (self.reference_eV or 0.0)
 
     def values_of_draws(self, record: SpectrumRecord, draws: np.ndarray) -> np.ndarray:
-        onsets = self._onsets(record, draws)[0]
-        return onsets - self.reference_eV if self.reference_eV is not None else onsets
+        return self._rows(record, draws)[0]
 
-    def _onsets(self, record: SpectrumRecord, counts: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-        """The onset of each row of ``counts`` (n, channels) as the counts of ``record`` (NaN where
-        the background fit is refused), and the reasons."""
+    def _rows(self, record: SpectrumRecord, counts: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """The onset (less ``reference_eV``) of each row of ``counts`` (n, channels) as the counts of
+        ``record`` (NaN where the background fit is refused), and the reasons."""
         idx = _window(record, self.lo_eV, self.hi_eV, "lo_eV/hi_eV")
         pre = _window(record, self.pre_lo_eV, self.pre_hi_eV, "pre_lo_eV/pre_hi_eV")
         e = record.energy_eV
@@ -440,11 +445,7 @@ class EdgeOnset(_Scalarizer):
                 out[r] = es[0]
             else:
                 out[r] = es[i - 1] + (level - s[i - 1]) * (es[i] - es[i - 1]) / (s[i] - s[i - 1])
-        return out, problems
-
-    def __call__(self, record: SpectrumRecord) -> float:
-        onset = self.onset_eV(record)
-        return onset - self.reference_eV if self.reference_eV is not None else onset
+        return (out - self.reference_eV if self.reference_eV is not None else out), problems
 
     def describe(self) -> str:
         ref = f" minus {self.reference_eV:g} eV" if self.reference_eV is not None else ""
