@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     #: graph checkpoints: empty for SQLite in the run directory, or a postgresql:// URL
     checkpoint_url: str | None = None
 
+    # ---- object storage
+    #: copy every run, as it is written, to ``s3://bucket/prefix/<run-name>/`` (empty: runs stay
+    #: local). Credentials and region come from the usual AWS variables (AWS_ACCESS_KEY_ID,
+    #: AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION...), which botocore reads itself
+    store_url: str | None = None
+    #: S3-compatible endpoint (MinIO, Ceph, a cloud's S3 API); empty: AWS_ENDPOINT_URL, else AWS
+    store_endpoint_url: str | None = None
+    #: how often the event log and the run's other files are copied while the run grows
+    store_sync_interval_s: float = Field(default=5.0, gt=0)
+    #: how long closing a run waits for its last uploads (the rest go when it is next opened)
+    store_close_timeout_s: float = Field(default=30.0, ge=0)
+    #: the longest wait between two attempts while the object store is unreachable
+    store_max_backoff_s: float = Field(default=30.0, gt=0)
+
 
 def load_settings() -> Settings:
     return Settings()

@@ -27,6 +27,11 @@ file reached its final name is lost.
 
 One process writes a run at a time (``fcntl`` lock on ``DIR/.lock``); readers may use
 ``RunStore.open(dir, read_only=True)`` while a writer runs.
+
+A ``StoreObserver`` (``RunStore.observe``) hears of each step once it is complete (step file
+at its final name, event line fsynced) and of the close; ``tools/mirror.py`` uses it to copy
+the run to object storage. Observers must not block: an observer that raises is logged and
+ignored, it never fails an acquisition.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
@@ -73,6 +78,16 @@ class RunStoreError(RuntimeError):
 
 class RunLocked(RunStoreError):
     """Another process (or another ``RunStore`` here) is writing this run directory."""
+
+
+class StoreObserver(Protocol):
+    """Told of what a writing ``RunStore`` has made safe; must return quickly (queue the work)."""
+
+    def step_stored(self, step_id: str, path: Path) -> None:
+        """Step ``step_id`` is complete: ``path`` (its step file) is final and its event fsynced."""
+
+    def store_closed(self) -> None:
+        """The log is closed (nothing more will be written); the run's lock is still held."""
 
 
 def _plain(value: Any, where: str = "event") -> Any:
@@ -142,6 +157,7 @@ class RunStore:
         self._lock_fd: int | None = None
         self._log_fd: int | None = None
         self._closed = False
+        self._observers: list[StoreObserver] = []
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -381,7 +397,9 @@ class RunStore:
                 raise ValueError(f"step {step_id!r} is already stored in {self.dir}; step ids are unique")
             self._write_step_file(step_id, kind, np.asarray(array), event)
             self._link(step_id)
-            return dict(self._write_event(event))
+            written = dict(self._write_event(event))
+        self._notify("step_stored", step_id, self._step_path(step_id))
+        return written
 
     def _write_step_file(self, step_id: str, kind: str, array: np.ndarray, event: dict[str, Any]) -> None:
         final = self._step_path(step_id)
@@ -503,6 +521,20 @@ class RunStore:
         os.replace(tmp, self.dir / DATA)
         _fsync_path(self.dir, directory=True)
 
+    # ---------------------------------------------------------------- observers
+    def observe(self, observer: StoreObserver) -> None:
+        """Tell ``observer`` of every step completed from now on, and of the close."""
+        if self._log_fd is None:
+            raise RunStoreError(f"run store {self.dir} is closed or read-only; nothing can be observed")
+        self._observers.append(observer)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for observer in list(self._observers):
+            try:
+                getattr(observer, method)(*args)
+            except Exception:  # an observer never fails the store
+                log.exception("run %s: observer %r failed in %s", self.dir, observer, method)
+
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:
         """Release the log and the lock; marks the run as cleanly closed."""
@@ -516,6 +548,9 @@ class RunStore:
                 self._log_fd = None
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / _WRITER_OPEN).unlink()
+        self._notify("store_closed")
+        self._observers.clear()
+        with self._mutex:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None
