@@ -51,6 +51,18 @@ app.add_typer(theory_app, name="theory")
 from autoscope.agents.cli_data import data_app  # noqa: E402 - beside the other command groups
 
 app.add_typer(data_app, name="data")
+# ---- runs: run directories and their copies in object storage
+from autoscope.agents import cli_mirror  # noqa: E402 - beside the other command groups
+
+runs_app = typer.Typer(
+    help="Run directories: restore one from object storage, export one as Bluesky documents.",
+    no_args_is_help=True,
+)
+app.add_typer(runs_app, name="runs")
+runs_app.command("pull")(cli_mirror.pull)
+from autoscope.agents import cli_runs_export  # noqa: E402 - beside the other command groups
+
+runs_app.command("export")(cli_runs_export.export)
 err = Console(stderr=True)
 
 EXIT_BAD_INPUT = 2
@@ -107,6 +119,13 @@ def _open_for_run(store, limits, scenario, seed, sim_config, replay, remote, tok
         timeout_s=settings.remote_timeout_s,
         retries=settings.remote_retries,
     )
+
+
+def _mirror(store) -> None:
+    """Copy the run to AUTOSCOPE_STORE_URL while it is written (when that is set)."""
+    from autoscope.agents.runner import attach_mirror
+
+    attach_mirror(store, load_settings())
 
 
 @app.command()
@@ -169,6 +188,7 @@ def survey(
             "dwell_s": None if dwell_us is None else dwell_us * 1e-6,
         }
         store = RunStore.open_or_create(out, meta={"command": "survey", "scenario": scenario, "seed": seed})
+        _mirror(store)
         with store:
             scope = _open_for_run(store, safety, scenario, seed, sim_config, replay, remote, token)
             defaults = survey_defaults(
@@ -235,6 +255,7 @@ def campaign(
         changes = {"method": method, "budget": budget, "seed": seed}
         cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
         store = RunStore.open_or_create(out, meta={"command": "campaign", "scenario": name, "seed": cfg.seed})
+        _mirror(store)
         with store:
             scope = _open_for_run(store, _limits(limits), name, cfg.seed, sim_config, replay, remote, token)
             with _progress("campaign", cfg.budget) as advance:
@@ -481,6 +502,12 @@ def instrument_serve(
     ] = None,
     limits: Annotated[Path | None, typer.Option(help="Safety limits file enforced by the server.")] = None,
     sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="twin (default) or nion: a Nion column, or Nion's simulator headless.")
+    ] = None,
+    nion_config: Annotated[
+        Path | None, typer.Option(help="Nion hardware sources and controls (YAML); default: the simulator's.")
+    ] = None,
     idle_exit_s: Annotated[float | None, typer.Option(help="Stop after this long without a request.")] = None,
     state_dir: Annotated[
         Path | None,
@@ -518,6 +545,8 @@ def instrument_serve(
             seed=seed,
             sim_config=sim_config,
             replay=replay,
+            backend=backend,
+            nion_config=nion_config,
             history=history,
             on_event=remember,
         )
@@ -531,7 +560,10 @@ def instrument_serve(
         if not tok:
             tok = secrets.token_urlsafe(24)
             err.print(f"token: {tok}")
-        serve(scope, host=bind, port=at, token=tok, idle_exit_s=idle_exit_s, state=state)
+        try:
+            serve(scope, host=bind, port=at, token=tok, idle_exit_s=idle_exit_s, state=state)
+        finally:
+            scope.close()  # the Nion simulator's threads must be stopped before exit
 
 
 bench_app.command("discovery")(cli_bench.discovery)

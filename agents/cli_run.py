@@ -106,6 +106,12 @@ def run(
     ] = None,
     limits: Annotated[Path | None, typer.Option(help="Safety limits file.")] = None,
     sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="twin (default) or nion: a Nion column, or Nion's simulator headless.")
+    ] = None,
+    nion_config: Annotated[
+        Path | None, typer.Option(help="Nion hardware sources and controls (YAML); default: the simulator's.")
+    ] = None,
 ) -> None:
     """Headless campaign: survey, hypotheses, plans, gates, active learning, verdicts, report."""
     from autoscope.agents.cli import _cli_errors
@@ -133,6 +139,8 @@ def run(
             remote=remote,
             token=token,
             replay=replay,
+            backend=backend,
+            nion_config=nion_config,
         )
         holder: dict = {}
         with _display(spec.total_budget) as (on_step, on_status), _interruptible(holder):

@@ -106,6 +106,28 @@ def load_run_file(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def attach_mirror(store: RunStore, settings: Settings) -> None:
+    """Copy the run to ``settings.store_url`` while it is written (nothing when that is unset).
+
+    A URL that cannot be used closes the store and is a ``ConfigError`` naming the setting."""
+    if not settings.store_url:
+        return
+    from autoscope.tools.mirror import MirrorError, mirror_store
+
+    try:
+        mirror_store(
+            store,
+            settings.store_url,
+            endpoint_url=settings.store_endpoint_url,
+            sync_interval_s=settings.store_sync_interval_s,
+            close_timeout_s=settings.store_close_timeout_s,
+            max_backoff_s=settings.store_max_backoff_s,
+        )
+    except MirrorError as exc:
+        store.close()
+        raise ConfigError("store_url", str(exc)) from None
+
+
 def run_graph(
     run_dir: Path,
     *,
@@ -227,6 +249,8 @@ class RunOptions:
     remote: str | None = None
     token: str | None = None
     replay: Path | None = None
+    backend: str | None = None  # "nion": a Nion column over nion.instrumentation (default: the twin)
+    nion_config: Path | None = None
 
 
 def launch(
@@ -258,6 +282,8 @@ def launch(
         remote = options.remote or record.get("remote")
         replay = options.replay or (Path(record["replay"]) if record.get("replay") else None)
         sim_config = options.sim_config or (Path(record["sim_config"]) if record.get("sim_config") else None)
+        instrument = options.backend or record.get("backend")
+        nion_config = options.nion_config or (Path(record["nion_config"]) if record.get("nion_config") else None)
         run_id = record["run_id"]
         before = AutonomyPolicy.model_validate({"level": record["autonomy"]})
         if autonomy != record["autonomy"]:
@@ -272,6 +298,7 @@ def launch(
         backend = options.llm or settings.llm
         limits_path, remote, sim_config = options.limits, options.remote, options.sim_config
         replay = options.replay
+        instrument, nion_config = options.backend, options.nion_config
         run_id = f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
     policy = AutonomyPolicy.model_validate({"level": autonomy})
     limits = SafetyLimits.from_file(limits_path or settings.limits_file)
@@ -280,7 +307,8 @@ def launch(
     store = RunStore.open_or_create(
         run_dir, meta={"command": "run", "scenario": spec.scenario, "seed": spec.seed}
     )
-    with store:
+    attach_mirror(store, settings)
+    with store, contextlib.ExitStack() as store_exit:
         if not (run_dir / RUN_FILE).exists():
             save_run_file(
                 run_dir,
@@ -293,10 +321,14 @@ def launch(
                     "remote": remote,
                     "replay": str(replay) if replay else None,
                     "sim_config": str(sim_config) if sim_config else None,
+                    "backend": instrument,
+                    "nion_config": str(nion_config) if nion_config else None,
                 },
             )
         inner = open_backend(
-            scenario=None if remote or replay else spec.scenario,
+            backend=instrument,
+            nion_config=nion_config,
+            scenario=None if remote or replay or instrument == "nion" else spec.scenario,
             seed=spec.seed,
             sample=spec.sample,
             sim_config=sim_config,
@@ -306,9 +338,12 @@ def launch(
             timeout_s=settings.remote_timeout_s,
             retries=settings.remote_retries,
         )
+        closer = getattr(inner, "close", None)
+        if callable(closer):  # the Nion simulator's threads must be stopped before exit
+            store_exit.callback(closer)
         if wrap_backend is not None:
             inner = wrap_backend(inner)
-        if replay is not None:
+        if replay is not None or instrument == "nion":
             spec = fit_template(spec, inner.capabilities())
         scope = SafeMicroscope(
             inner, limits, on_event=lambda e: store.append_event(**e), history=store.events(DOSE_EVENTS)

@@ -32,10 +32,14 @@ def open_backend(
     token: str | None = None,
     timeout_s: float = 30.0,
     retries: int = 3,
+    backend: str | None = None,
+    nion_config: Path | None = None,
 ) -> Microscope:
     """Open exactly one backend: a remote instrument, a replayed dataset, or the twin.
 
     ``remote`` is a URL (needs ``token``); ``replay`` a recorded spectrum image;
+    ``backend="nion"`` a Nion column over ``nion.instrumentation`` (Nion's simulator headless,
+    or the hardware sources of a running Nion Swift; ``nion_config`` names them);
     otherwise the simulated microscope of ``scenario`` (its sample drawn with the ``sample``
     variant's parameters, if any), with the twin settings (drift, noise, timing, injected faults)
     of the ``sim_config`` file if given.
@@ -46,6 +50,16 @@ def open_backend(
         )
     if remote and replay:
         raise InvalidRequest("replay", "give either --remote or --replay, not both")
+    if backend not in (None, "twin", "nion"):
+        raise InvalidRequest("backend", f"unknown backend {backend!r}; choose twin or nion")
+    if backend == "nion":
+        if remote or replay or sample:
+            raise InvalidRequest("backend", "the nion backend is its own instrument: no --remote, --replay or sample")
+        from autoscope.instruments.config_files import load_model
+        from autoscope.instruments.nion.config import NionConfig
+        from autoscope.instruments.nion.microscope import open_nion
+
+        return open_nion(load_model(NionConfig, nion_config, "nion") if nion_config else None)
     if remote:
         if not token:
             raise InvalidRequest("token", f"the remote instrument {remote} needs a bearer token")

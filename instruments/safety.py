@@ -500,6 +500,13 @@ class SafeMicroscope:
             self._beam_dose(path_to=(*start, *end))
 
     # ---------------------------------------------------------------- Status, Clock
+    def close(self) -> None:
+        """Close the instrument behind the interlocks, where it has something to close (the Nion
+        simulator's threads, a remote client's connection)."""
+        closer = getattr(self._inner, "close", None)
+        if callable(closer):
+            closer()
+
     def status(self) -> InstrumentStatus:
         return self._inner.status()
 

@@ -2,8 +2,15 @@
 
 The same tests run against the in-process twin, the replay of a spectrum image
 recorded from the twin, and the remote client talking to a real server process
-started with ``autoscope instrument serve``. A backend that passes can stand in for
-any other behind the protocols.
+started with ``autoscope instrument serve``, and the Nion backend over Nion's own simulator
+(``nionswift-usim``, started once in this process: its registries are global). A backend that
+passes can stand in for any other behind the protocols.
+
+What the Nion simulator cannot show physically is not asserted for it: its HAADF noise is
+additive Gaussian scaled with the dwell (the mean doubles with the dwell, as asserted below, but
+the relative noise does not fall as counting statistics would), blanking changes neither HAADF
+nor EELS (the backend refuses to acquire while blanked, which is what the protocols promise and
+what is tested), and its drift is off. No test here asserts shot noise or drift on any backend.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from autoscope.instruments.replay import ReplayMicroscope
 from autoscope.tests.datasets import record_from_twin
 from autoscope.tests.servers import instrument_server
 
-BACKENDS = ["twin", "replay", "remote"]
+BACKENDS = ["twin", "replay", "remote", "nion"]
 PIXELS = 16
 DWELL_S = 2e-6
 GRID = 10  # recorded spectrum image: GRID × GRID pixels
@@ -46,10 +53,31 @@ def server_url(tmp_path_factory) -> Iterator[tuple[str, str]]:
         yield url_token
 
 
+@pytest.fixture(scope="module")
+def nion_scope() -> Iterator[Microscope]:
+    """The Nion backend on Nion's simulator, started once (one simulator per process)."""
+    pytest.importorskip("nion.usim_device")
+    from autoscope.instruments.factory import open_backend
+
+    scope = open_backend(backend="nion")
+    try:
+        yield scope
+    finally:
+        scope.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def scope(request) -> Iterator[Microscope]:
-    """A microscope with the beam blanked (a fresh one, except the shared remote server)."""
-    if request.param == "twin":
+    """A microscope with the beam blanked (a fresh one, except the shared remote server and Nion)."""
+    if request.param == "nion":
+        nion = request.getfixturevalue("nion_scope")
+        current_pA = nion.beam_current_pA()
+        nion.move_stage(0.0, 0.0)
+        nion.blank_beam()
+        yield nion
+        nion.blank_beam()
+        nion.set_beam_current(current_pA)
+    elif request.param == "twin":
         yield _twin()
     elif request.param == "replay":
         yield ReplayMicroscope(request.getfixturevalue("recorded"), seed=0)
