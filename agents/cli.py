@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autoscope.agents import cli_bench, cli_eval, cli_run
+from autoscope.agents.cli_run import BackendOpt, NionConfigOpt
 from autoscope.agents.llm.base import LLMUnavailable
 from autoscope.agents.settings import load_settings
 from autoscope.instruments.config_files import read_mapping
@@ -101,8 +102,11 @@ def _limits(path: Path | None) -> SafetyLimits:
     return SafetyLimits.from_file(path or load_settings().limits_file)
 
 
-def _open_for_run(store, limits, scenario, seed, sim_config, replay, remote, token):
-    """The backend behind the safety limits, its safety events and earlier acquisitions tied to ``store``."""
+def _open_for_run(
+    store, limits, scenario, seed, sim_config, replay, remote, token, backend=None, nion_config=None
+):
+    """The backend behind the safety limits, its safety events and earlier acquisitions tied to ``store``
+    (close it: a Nion simulator's threads must be stopped before exit)."""
     from autoscope.instruments.factory import open_microscope
 
     settings = load_settings()
@@ -118,6 +122,8 @@ def _open_for_run(store, limits, scenario, seed, sim_config, replay, remote, tok
         token=token or settings.token,
         timeout_s=settings.remote_timeout_s,
         retries=settings.remote_retries,
+        backend=backend,
+        nion_config=nion_config,
     )
 
 
@@ -165,6 +171,8 @@ def survey(
     current_pa: Annotated[float | None, typer.Option("--current-pA", help="Beam current (pA).")] = None,
     spectra: Annotated[int | None, typer.Option(help="Number of spectra.")] = None,
     spectrum_dwell_s: Annotated[float | None, typer.Option(help="Spectrum exposure (s).")] = None,
+    backend: BackendOpt = None,
+    nion_config: NionConfigOpt = None,
 ) -> None:
     """Acquire an overview image and a few spectra; write HDF5, the event log and a PNG."""
     from autoscope.instruments.factory import DEFAULT_SCENARIO, survey_defaults
@@ -189,11 +197,14 @@ def survey(
         }
         store = RunStore.open_or_create(out, meta={"command": "survey", "scenario": scenario, "seed": seed})
         _mirror(store)
-        with store:
-            scope = _open_for_run(store, safety, scenario, seed, sim_config, replay, remote, token)
+        with store, contextlib.ExitStack() as opened:
+            scope = _open_for_run(
+                store, safety, scenario, seed, sim_config, replay, remote, token, backend, nion_config
+            )
+            opened.callback(scope.close)
             defaults = survey_defaults(
                 scope.capabilities(),
-                None if (remote or replay) else (scenario or DEFAULT_SCENARIO),
+                None if (remote or replay or backend == "nion") else (scenario or DEFAULT_SCENARIO),
                 max_current_pA=safety.max_current_pA,
             )
             plan = SurveyPlan(**{**defaults, **fields, **{k: v for k, v in flags.items() if v is not None}})
@@ -204,7 +215,7 @@ def survey(
                 result.image,
                 result.spectra,
                 Path(out) / "survey.png",
-                title=f"{scenario or remote or replay} — seed {seed}",
+                title=f"{scenario or remote or replay or backend} — seed {seed}",
                 **(
                     {}
                     if rec is None
@@ -240,6 +251,8 @@ def campaign(
     replay: Annotated[Path | None, typer.Option(help="Recorded spectrum image to replay.")] = None,
     limits: Annotated[Path | None, typer.Option(help="Safety limits file.")] = None,
     sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
+    backend: BackendOpt = None,
+    nion_config: NionConfigOpt = None,
 ) -> None:
     """Run (or resume) an active-learning campaign without an LLM; write the store and campaign.png."""
     from autoscope.instruments.factory import DEFAULT_SCENARIO
@@ -248,20 +261,34 @@ def campaign(
     from autoscope.tools.store import RunStore
 
     with _cli_errors():
-        name = scenario or (None if (remote or replay) else DEFAULT_SCENARIO)
+        name = scenario or (None if (remote or replay or backend == "nion") else DEFAULT_SCENARIO)
         if campaign_file is None and name is None:
-            raise ConfigError("campaign", "a remote or replayed instrument needs a campaign file")
+            raise ConfigError("campaign", "a remote, replayed or Nion instrument needs a campaign file")
         cfg = load_campaign(campaign_file or default_campaign_path(name))
         changes = {"method": method, "budget": budget, "seed": seed}
         cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
         store = RunStore.open_or_create(out, meta={"command": "campaign", "scenario": name, "seed": cfg.seed})
         _mirror(store)
-        with store:
-            scope = _open_for_run(store, _limits(limits), name, cfg.seed, sim_config, replay, remote, token)
+        with store, contextlib.ExitStack() as opened:
+            scope = _open_for_run(
+                store,
+                _limits(limits),
+                name,
+                cfg.seed,
+                sim_config,
+                replay,
+                remote,
+                token,
+                backend,
+                nion_config,
+            )
+            opened.callback(scope.close)
             with _progress("campaign", cfg.budget) as advance:
                 result = run_campaign(scope, store, cfg, on_step=lambda _i: advance(1))
             png = campaign_figure(
-                result, Path(out) / "campaign.png", title=f"{name or remote or replay} — {cfg.method}"
+                result,
+                Path(out) / "campaign.png",
+                title=f"{name or remote or replay or backend} — {cfg.method}",
             )
         log.info(
             "campaign done: %d measurements (%d distinct), best %.4g, dose %.3g e; %s",
@@ -502,12 +529,8 @@ def instrument_serve(
     ] = None,
     limits: Annotated[Path | None, typer.Option(help="Safety limits file enforced by the server.")] = None,
     sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="twin (default) or nion: a Nion column, or Nion's simulator headless.")
-    ] = None,
-    nion_config: Annotated[
-        Path | None, typer.Option(help="Nion hardware sources and controls (YAML); default: the simulator's.")
-    ] = None,
+    backend: BackendOpt = None,
+    nion_config: NionConfigOpt = None,
     idle_exit_s: Annotated[float | None, typer.Option(help="Stop after this long without a request.")] = None,
     state_dir: Annotated[
         Path | None,

@@ -22,6 +22,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from autoscope.agents.settings import load_settings
 from autoscope.instruments.errors import InvalidRequest
 
+#: the instrument options every command that opens one shares (run, campaign, survey, instrument serve)
+BackendOpt = Annotated[
+    str | None, typer.Option(help="twin (default) or nion: a Nion column, or Nion's simulator headless.")
+]
+NionConfigOpt = Annotated[
+    Path | None, typer.Option(help="Nion hardware sources and controls (YAML); default: the simulator's.")
+]
+
 err = Console(stderr=True)
 EXIT_STOPPED = 3
 AUTONOMY = ("manual", "supervised", "autonomous")
@@ -106,12 +114,8 @@ def run(
     ] = None,
     limits: Annotated[Path | None, typer.Option(help="Safety limits file.")] = None,
     sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="twin (default) or nion: a Nion column, or Nion's simulator headless.")
-    ] = None,
-    nion_config: Annotated[
-        Path | None, typer.Option(help="Nion hardware sources and controls (YAML); default: the simulator's.")
-    ] = None,
+    backend: BackendOpt = None,
+    nion_config: NionConfigOpt = None,
 ) -> None:
     """Headless campaign: survey, hypotheses, plans, gates, active learning, verdicts, report."""
     from autoscope.agents.cli import _cli_errors

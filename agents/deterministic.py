@@ -6,7 +6,8 @@ campaign template's scalarizer) tested at the feature class where the survey spe
 it strongest, a falsifiable control at the class where they show it weakest, each peak
 or edge found in the survey spectra at the class it appeared on, and trends with the
 structure (a rod dipole against aspect ratio, an onset against the distance to an
-interface). Z-contrast orders the lattice classes: a light element's edge is looked for
+interface). On stacked flakes, the signal on the flakes against the bare film, then
+whether it grows with the flakes stacked. Z-contrast orders the lattice classes: a light element's edge is looked for
 first at the columns that are dimmer than their sublattice. A hypothesis already tested
 in the run is never proposed again. Plans reuse the run's survey, give the verdict an
 audit (or site spectra) over the hypothesis' classes and the rest of the round's share to
@@ -201,6 +202,32 @@ def candidates(spec: RunSpec, smap: SurveyMap, present: dict[str, int], survey_s
                     patch,
                     "regular columns carry no more of it on one sublattice than the other",
                     "one sublattice's regular columns carry more than twice the other's",
+                )
+            )
+    flake_classes = [c for c in ("single_flake", "stacked_flakes") if present.get(c, 0) >= MIN_PER_CLASS]
+    if smap.flakes is not None and present.get("bare_film", 0) >= MIN_PER_CLASS and flake_classes:
+        what = f"{el} " if (el := _edge_element(sig)) else ""
+        at = "flake" if len(flake_classes) == 2 else flake_classes[0]
+        out.append(
+            _hyp(
+                f"{what}{sig.describe()} comes from the flakes: on them at least twice that on the bare film",
+                sig,
+                LocalizedAt(at=at, versus="bare_film", min_ratio=2.0),
+                patch,
+                "the flakes carry the signal, the bare film not",
+                "the flakes carry less than twice the bare film's signal",
+            )
+        )
+        if len(flake_classes) == 2:
+            out.append(
+                _hyp(
+                    f"{what}{sig.describe()} grows with the flakes stacked: at least 1.5× higher where two or "
+                    "more flakes lie than on a single flake",
+                    sig,
+                    Contrast(a="stacked_flakes", b="single_flake", direction="higher", min_ratio=1.5),
+                    patch,
+                    "stacked flakes carry more of the signal than single ones",
+                    "stacked flakes carry less than 1.5× a single flake's signal",
                 )
             )
     if smap.interface is not None and present.get("bright_side") and present.get("dim_side"):

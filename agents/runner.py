@@ -31,7 +31,7 @@ from autoscope.agents.report import llm_usage, summary, write_outputs
 from autoscope.agents.run_spec import RunSpec
 from autoscope.agents.settings import Settings, load_settings
 from autoscope.instruments.errors import ConfigError
-from autoscope.instruments.protocols import Microscope
+from autoscope.instruments.protocols import Microscope, close_instrument
 from autoscope.instruments.safety import DOSE_EVENTS, SafeMicroscope, SafetyLimits
 from autoscope.tools.campaign import StepInfo
 from autoscope.tools.store import RunStore
@@ -338,9 +338,9 @@ def launch(
             timeout_s=settings.remote_timeout_s,
             retries=settings.remote_retries,
         )
-        closer = getattr(inner, "close", None)
-        if callable(closer):  # the Nion simulator's threads must be stopped before exit
-            store_exit.callback(closer)
+        # the back end as opened (a test's wrapper need not forward close): the Nion simulator's
+        # threads must be stopped before exit
+        store_exit.callback(close_instrument, inner)
         if wrap_backend is not None:
             inner = wrap_backend(inner)
         if replay is not None or instrument == "nion":

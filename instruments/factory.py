@@ -53,8 +53,10 @@ def open_backend(
     if backend not in (None, "twin", "nion"):
         raise InvalidRequest("backend", f"unknown backend {backend!r}; choose twin or nion")
     if backend == "nion":
-        if remote or replay or sample:
-            raise InvalidRequest("backend", "the nion backend is its own instrument: no --remote, --replay or sample")
+        if remote or replay or sample or scenario:
+            raise InvalidRequest(
+                "backend", "the nion backend is its own instrument: no --scenario, --remote, --replay or sample"
+            )
         from autoscope.instruments.config_files import load_model
         from autoscope.instruments.nion.config import NionConfig
         from autoscope.instruments.nion.microscope import open_nion

@@ -7,7 +7,7 @@ and any vendor driver implement these. Units are in every name: ``_nm``, ``_s``,
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from autoscope.instruments.records import (
     Capabilities,
@@ -95,3 +95,30 @@ class Clock(Protocol):
 @runtime_checkable
 class Microscope(Imaging, Spectroscopy, Beam, Stage, Status, Clock, Protocol):
     """A full STEM: every capability above."""
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """A back end that holds something to release: the Nion simulator's threads, a remote
+    client's connection. The twin and the replay hold nothing and have no ``close``."""
+
+    def close(self) -> None: ...
+
+
+def close_instrument(microscope: object) -> None:
+    """Close a back end where it has something to close; nothing for one that has not."""
+    if isinstance(microscope, Closeable):
+        microscope.close()
+
+
+class ClosesOnExit:
+    """``with backend: ...`` closes the back end on the way out (mixed into closeable back ends)."""
+
+    def close(self) -> None:  # pragma: no cover - each back end defines its own
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

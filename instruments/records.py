@@ -168,6 +168,11 @@ class Capabilities(BaseModel):
     probe_fwhm_nm: float
     stage: StageLimits
     recorded: RecordedScan | None = None
+    #: the spectra's noise is their counts' own shot noise (Poisson in detected electrons), so a
+    #: value's uncertainty can be drawn from its counts; False where the backend's noise does not
+    #: follow the signal (Nion's simulator adds a constant-level term), and a verdict then takes
+    #: a class's spread from the observed values alone
+    shot_noise_limited: bool = True
 
 
 class InstrumentStatus(BaseModel):

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from autoscope.instruments.config_files import load_model, validated
 from autoscope.instruments.dose import DoseLedger
 from autoscope.instruments.errors import AcquisitionFailed, InvalidRequest, SafetyLimitExceeded
-from autoscope.instruments.protocols import Microscope
+from autoscope.instruments.protocols import Microscope, close_instrument
 from autoscope.instruments.records import (
     NM2_TO_A2,
     Capabilities,
@@ -503,9 +503,7 @@ class SafeMicroscope:
     def close(self) -> None:
         """Close the instrument behind the interlocks, where it has something to close (the Nion
         simulator's threads, a remote client's connection)."""
-        closer = getattr(self._inner, "close", None)
-        if callable(closer):
-            closer()
+        close_instrument(self._inner)
 
     def status(self) -> InstrumentStatus:
         return self._inner.status()

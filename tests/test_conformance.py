@@ -6,11 +6,14 @@ started with ``autoscope instrument serve``, and the Nion backend over Nion's ow
 (``nionswift-usim``, started once in this process: its registries are global). A backend that
 passes can stand in for any other behind the protocols.
 
-What the Nion simulator cannot show physically is not asserted for it: its HAADF noise is
-additive Gaussian scaled with the dwell (the mean doubles with the dwell, as asserted below, but
-the relative noise does not fall as counting statistics would), blanking changes neither HAADF
-nor EELS (the backend refuses to acquire while blanked, which is what the protocols promise and
-what is tested), and its drift is off. No test here asserts shot noise or drift on any backend.
+What a backend cannot show physically is marked where the effect is tested: the test skips for
+it with the reason in ``CANNOT_SHOW`` (pytest -rs lists them). Counting statistics: a replay
+returns the one draw of noise its recording holds, and Nion's simulator adds noise of a fixed
+level (its HAADF noise is additive Gaussian, its EELS noise ``nion.usim_device.Noise``), which
+the Nion backend declares (``Capabilities.shot_noise_limited``; tests/test_nion.py checks that it
+says so truthfully). Blanking changes neither usim's HAADF nor its EELS: every backend refuses to
+acquire while blanked, which is what the protocols promise and what is tested. usim's drift is
+off, and no test here asserts drift on any backend.
 """
 
 from __future__ import annotations
@@ -33,6 +36,26 @@ BACKENDS = ["twin", "replay", "remote", "nion"]
 PIXELS = 16
 DWELL_S = 2e-6
 GRID = 10  # recorded spectrum image: GRID × GRID pixels
+
+
+#: (backend, effect) → why that backend cannot show that physical effect
+CANNOT_SHOW = {
+    (
+        "replay",
+        "counting statistics",
+    ): "a recording holds one draw of its noise: a repeat returns the same counts",
+    (
+        "nion",
+        "counting statistics",
+    ): "Nion's simulator adds noise of a fixed level (HAADF: additive Gaussian; "
+    "EELS: nion.usim_device.Noise), not the counts' shot noise; the backend declares shot_noise_limited=False",
+}
+
+
+def _cannot_show(request, effect: str) -> None:
+    reason = CANNOT_SHOW.get((request.node.callspec.params["scope"], effect))
+    if reason:
+        pytest.skip(f"{effect}: {reason}")
 
 
 def _twin():
@@ -171,6 +194,34 @@ def test_dose_and_signal_scale_with_dwell(scope):
     assert long.dose_e_per_A2 / short.dose_e_per_A2 == pytest.approx(2.0, rel=0.05)
     assert long.data.mean() / short.data.mean() == pytest.approx(2.0, rel=0.15)
     assert (long.t_end_s - long.t_start_s) > (short.t_end_s - short.t_start_s)
+
+
+def test_repeated_spectra_show_counting_statistics(scope, request):
+    """A spectrum's counts are detected electrons: repeats at one point scatter as Poisson
+    (variance ≈ mean in every channel with counts), and the backend says so."""
+    _cannot_show(request, "counting statistics")
+    assert scope.capabilities().shot_noise_limited
+    scope.unblank_beam()
+    x, y = _near_stage(scope)
+    lo, hi = _window_eV(scope)
+    counts = np.array([scope.acquire_spectrum(x, y, 0.01, lo, hi).counts for _ in range(30)])
+    mean, var = counts.mean(axis=0), counts.var(axis=0, ddof=1)
+    busy = mean > 20
+    assert busy.sum() >= 10
+    assert np.median(var[busy] / mean[busy]) == pytest.approx(1.0, abs=0.3)
+
+
+def test_image_noise_falls_with_the_square_root_of_the_dwell(scope, request):
+    """Four times the dwell: four times the counts, half the relative noise (from two repeats)."""
+    _cannot_show(request, "counting statistics")
+    scope.unblank_beam()
+    fov_nm = _fov_nm(scope)
+
+    def relative_noise(dwell_s: float) -> float:
+        a, b = (scope.acquire_image(fov_nm, 32, dwell_s).data for _ in range(2))
+        return float(np.std(a - b) / np.sqrt(2) / np.mean(a))
+
+    assert relative_noise(2e-5) / relative_noise(5e-6) == pytest.approx(0.5, abs=0.1)
 
 
 def test_clock_advances_with_acquisitions(scope):

@@ -334,3 +334,66 @@ def test_oxide_lattice_only_where_columns_resolve(oxide):
         xy = np.array([[s.x_nm, s.y_nm] for s in lat.sites if s.sublattice == sub]) / a - frac
         off = np.abs(xy - np.round(xy)).max(axis=1)
         assert np.mean(off < 0.15) >= 0.95, f"{sub}: {np.mean(off < 0.15):.0%} of sites on the A/B positions"
+
+
+# ---------------------------------------------------------------------- flakes
+def test_no_flake_ladder_on_particles_lattices_or_interfaces(plasmonic, tmd, oxide):
+    """Particles of one height on a support, atomic columns and an interface make no stack of
+    equal steps: the flake segmentation leaves them to their own detectors."""
+    from autoscope.tools.grounding.flakes import find_flakes
+
+    for img, _ in [*plasmonic, *tmd, *oxide]:
+        assert find_flakes(img) is None
+    smap = build_survey_map(plasmonic[0][0])
+    assert smap.flakes is None and smap.particles
+
+
+def _flake_image(seed: int, step: float, noise: float, n_flakes: int = 40, pixels: int = 128):
+    """A film (0) under axis-aligned flakes that each add ``step``, with Gaussian noise; and the
+    true number stacked at each pixel."""
+    rng = np.random.default_rng(seed)
+    layers = np.zeros((pixels, pixels), dtype=int)
+    for _ in range(n_flakes):
+        r, c = rng.integers(0, pixels, 2)
+        h, w = rng.integers(8, 30, 2)
+        layers[r : r + h, c : c + w] += 1
+    return _image(step * layers + rng.normal(0.0, noise, layers.shape)), layers
+
+
+def _image(data):
+    from autoscope.instruments.records import Detector, ImageRecord
+
+    return ImageRecord(
+        data=data, fov_nm=400.0, pixels=data.shape[0], center_x_nm=0.0, center_y_nm=0.0, dwell_s=1e-6,
+        detector=Detector.HAADF,
+        current_pA=10.0, dose_e=1.0, dose_e_per_A2=1.0, t_start_s=0.0, t_end_s=1.0,
+    )  # fmt: skip
+
+
+def test_flake_ladder_counts_the_flakes_stacked():
+    from autoscope.tools.grounding.flakes import find_flakes
+
+    img, layers = _flake_image(0, step=2.0, noise=0.3)
+    f = find_flakes(img)
+    assert f is not None
+    assert f.step == pytest.approx(2.0, rel=0.1) and abs(f.film_level) < 0.3
+    found = np.asarray(f.layers)
+    stable = found >= 0
+    assert stable.mean() > 0.5 and (found[stable] == layers[stable]).mean() > 0.98
+    # the classes of the map follow the counts
+    smap = SurveyMap(fov_nm=400.0, center_nm=(0.0, 0.0), pixels=128, flakes=f)
+    r, c = np.argwhere(stable & (layers >= 2))[0]
+    x, y = img.pixel_to_nm(r, c)
+    assert smap.class_of_point(x, y) == "stacked_flakes"
+
+
+def test_no_flake_ladder_when_the_steps_drown_in_noise_or_nothing_is_stacked():
+    from autoscope.tools.grounding.flakes import find_flakes
+
+    noisy, _ = _flake_image(1, step=1.0, noise=1.0)
+    assert find_flakes(noisy) is None  # a step of one noise σ is no level
+    apart = np.zeros((128, 128))
+    apart[10:60, 10:60] = apart[70:120, 70:120] = 2.0  # two flakes, none on another: particles
+    assert find_flakes(_image(apart + np.random.default_rng(2).normal(0.0, 0.3, apart.shape))) is None
+    apart[40:55, 40:55] += 2.0  # a third flake on the first: a stack
+    assert find_flakes(_image(apart + np.random.default_rng(2).normal(0.0, 0.3, apart.shape))) is not None

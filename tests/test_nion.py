@@ -96,6 +96,69 @@ def test_spectra_show_the_simulators_flakes_where_they_are(nion):
     assert off.counts[post].mean() < 1.05 * off.counts[pre].mean() + 1.0
 
 
+def test_the_backend_declares_that_usims_noise_is_no_shot_noise(nion):
+    """usim adds noise of a fixed level, not the counts' Poisson scatter: the backend says so, and
+    the verdicts then take a class's spread from its values (tools/queries.with_shot_noise)."""
+    assert nion.capabilities().shot_noise_limited is False
+    nion.unblank_beam()
+    counts = np.array([nion.acquire_spectrum(20.0, -20.0, 0.01, 0.0, 40.0).counts for _ in range(20)])
+    mean, var = counts.mean(axis=0), counts.var(axis=0, ddof=1)
+    busy = mean > 20
+    assert busy.any() and not 0.5 < np.median(var[busy] / mean[busy]) < 2.0
+
+
+def test_flake_map_counts_usims_own_flakes(nion):
+    """The survey map's flake classes, from the HAADF image alone, against usim's own sample (the
+    rectangles its simulator draws): pixels it assigns carry the number of flakes that really lie
+    there, and every class of the ladder is found."""
+    from autoscope.evals.nion_truth import true_classes, usim_features
+    from autoscope.tools.grounding import build_survey_map, population_grid
+
+    nion.unblank_beam()
+    image = nion.acquire_image(400.0, 128, 2e-6)
+    smap = build_survey_map(image)
+    assert smap.flakes is not None and not smap.particles  # the ladder, not particles on a support
+    grid = population_grid(image).xy_nm
+    found = smap.area_class(grid)
+    truth = true_classes(usim_features(nion._stack), grid)
+    assigned = found != "unassigned"
+    assert assigned.mean() > 0.5
+    assert (found[assigned] == truth[assigned]).mean() > 0.9
+    for cls in ("bare_film", "single_flake", "stacked_flakes"):
+        mine = found == cls
+        assert mine.sum() >= 20 and (truth[mine] == cls).mean() > 0.8, cls
+
+
+def test_run_on_usim_tests_hypotheses_scored_against_usims_truth(tmp_path: Path):
+    """``autoscope run --backend nion --llm none``: the flakes ground two hypotheses, each gets a
+    verdict, scored against usim's own answer (evals/nion_truth.py)."""
+    from autoscope.evals.nion_truth import score_run, usim_features
+    from autoscope.instruments.nion.config import NionConfig
+    from autoscope.instruments.nion.stack import NionStack
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "autoscope", "run", str(RUN_FILE), "--backend", "nion", "--llm", "none"]
+    done = subprocess.run(
+        [*cmd, "--out", str(out), "--budget", "60"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "done" and len(summary["hypotheses"]) == 2
+    stack = NionStack.open(NionConfig())
+    try:
+        features = usim_features(stack)
+    finally:
+        stack.close()
+    scores = score_run(out, features)
+    assert [s.hypothesis_id for s in scores] == ["H1", "H2"]
+    h1, h2 = scores
+    # usim's Ni flakes carry the edge, its bare film none: H1 holds, and is never refuted
+    assert h1.truth.holds and h1.truth.means["bare_film"] == 0.0 and not h1.wrong
+    # H2 sits on a knife edge in usim's sample (stacked ≈ 1.5 × single), so no outcome is asserted
+    ratio = h2.truth.means["stacked_flakes"] / h2.truth.means["single_flake"]
+    assert 1.3 < ratio < 1.7
+
+
 def test_run_on_usim_killed_mid_scan_resumes_without_repeating(tmp_path: Path):
     out = tmp_path / "run"
     cmd = [
@@ -110,6 +173,8 @@ def test_run_on_usim_killed_mid_scan_resumes_without_repeating(tmp_path: Path):
         "none",
         "--out",
         str(out),
+        "--budget",
+        "40",
     ]
     sigkill_when(cmd, out / "events.jsonl", '"kind":"acquisition"', 3, timeout_s=180)
     store = RunStore.open(out)
@@ -143,3 +208,23 @@ def test_instrument_serve_backend_nion_serves_usim(tmp_path: Path):
         assert image.data.shape == (32, 32) and np.isfinite(image.data).all()
         assert spectrum.counts.shape == (100,) and spectrum.counts.max() > 0
         remote.blank_beam()
+
+
+def test_campaign_and_survey_take_the_nion_backend(tmp_path: Path):
+    cli = [sys.executable, "-m", "autoscope"]
+    campaign = ROOT / "evals" / "nion" / "usim.campaign.yaml"
+    out = tmp_path / "campaign"
+    done = subprocess.run(
+        [*cli, "campaign", str(campaign), "--backend", "nion", "--budget", "6", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    store = RunStore.open(out, read_only=True)
+    spectra = [e for e in store.events("acquisition") if e.get("record") == "spectrum"]
+    store.close()
+    assert len(spectra) == 6 and (out / "campaign.png").exists()
+    bad = subprocess.run(
+        [*cli, "survey", "--backend", "nion", "--scenario", "plasmonic", "--out", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--scenario" in bad.stderr

@@ -41,7 +41,7 @@ from autoscope.tools.figures import campaign_figure
 from autoscope.tools.grounding.model import SurveyMap
 from autoscope.tools.plan import ActiveScanStep, AuditStep, Hypothesis, Plan, SitesStep, SpectrumAtStep
 from autoscope.tools.predictions import Identity
-from autoscope.tools.queries import StratumValue, per_site, strata_values
+from autoscope.tools.queries import StratumValue, per_site, strata_values, with_shot_noise
 from autoscope.tools.store import RunStore
 from autoscope.tools.survey import IMAGE_STEP, SurveyPlan
 from autoscope.tools.verdicts import ENERGY_TRIM, LEVEL, SEQUENTIAL_LEVEL, judge, next_stratum
@@ -367,7 +367,7 @@ def _top_up(audit: _Audit, extra: int, smap, survey) -> int:
     h, run = audit.h, audit.run
     if extra <= 0 or isinstance(h.prediction, Identity):
         return 0
-    noise = not h.energy_signal
+    noise = with_shot_noise(h, run.microscope.capabilities())
     # the top-up's own spectra of an earlier attempt are read again as it replays them, in order
     own = audit.k
     raw = {

@@ -43,6 +43,13 @@ class StratumValue(NamedTuple):
     sd: float = float("nan")  # the value's shot-noise sd (nan when not asked for)
 
 
+def with_shot_noise(h: Hypothesis, caps) -> bool:
+    """Whether a verdict on ``h`` takes each value's shot noise from its counts: not for energies
+    (located by trimmed means), nor on a backend whose noise does not follow the signal
+    (``Capabilities.shot_noise_limited``), where a class's spread comes from its values alone."""
+    return not h.energy_signal and caps.shot_noise_limited
+
+
 def strata_values(store: RunStore, h: Hypothesis, *, noise: bool = False) -> dict[str, list[StratumValue]]:
     """The audit and site spectra of ``h`` grouped by their stratum (class), with the signal of each,
     read back from the store; non-finite values are kept (the verdict counts and drops them).

@@ -24,7 +24,7 @@ from autoscope.tools.grounding import population_grid
 from autoscope.tools.plan import Hypothesis
 from autoscope.tools.plan_engine import RoundResult
 from autoscope.tools.predictions import Identity
-from autoscope.tools.queries import StratumValue, per_site, strata_values
+from autoscope.tools.queries import StratumValue, per_site, strata_values, with_shot_noise
 from autoscope.tools.survey import IMAGE_STEP
 from autoscope.tools.theory_select import identity_wins, theory_evidence
 from autoscope.tools.verdicts import Verdict
@@ -39,7 +39,8 @@ def analyze(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
     ctx.status(f"analyze {h.id}")
     smap = ctx.survey_map()
     survey = ctx.store.load(IMAGE_STEP)
-    strata = {c: per_site(vs) for c, vs in strata_values(ctx.store, h, noise=not h.energy_signal).items()}
+    shot = with_shot_noise(h, ctx.microscope.capabilities())
+    strata = {c: per_site(vs) for c, vs in strata_values(ctx.store, h, noise=shot).items()}
     if isinstance(h.prediction, Identity):  # judged on the survey image: one ranking per site
         wins = identity_wins(h.prediction, smap, survey, ctx.spec.seed)
         strata = {

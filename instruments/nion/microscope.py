@@ -32,6 +32,7 @@ from autoscope.instruments.errors import AcquisitionFailed, InvalidRequest
 from autoscope.instruments.local import LocalBackend
 from autoscope.instruments.nion.config import NionConfig
 from autoscope.instruments.nion.stack import NionStack
+from autoscope.instruments.protocols import ClosesOnExit
 from autoscope.instruments.records import (
     NM2_TO_A2,
     Capabilities,
@@ -49,7 +50,7 @@ from autoscope.instruments.records import (
 _SPECTRUM_CONTEXT_PIXELS = 1024  # the probe-position context: the largest field at this sampling
 
 
-class NionMicroscope(LocalBackend):
+class NionMicroscope(ClosesOnExit, LocalBackend):
     """A Nion column (or Nion's simulator) behind the microscope protocols."""
 
     backend = "nion"
@@ -80,6 +81,10 @@ class NionMicroscope(LocalBackend):
             current_max_pA=self.config.current_max_pA,
             probe_fwhm_nm=self.config.probe_fwhm_nm,
             stage=StageLimits(x_min_nm=-half, x_max_nm=half, y_min_nm=-half, y_max_nm=half),
+            # usim's EELS noise is a constant-level Poisson term added to every channel
+            # (nion.usim_device.Noise), not the counts' shot noise; a real camera's counts over its
+            # gain are shot-noise limited
+            shot_noise_limited=not stack.simulated,
         )
         self._haadf = self._channel_index(self.config.haadf_channel)
         self.blank_beam()  # a session starts blanked, like every backend
@@ -112,12 +117,6 @@ class NionMicroscope(LocalBackend):
 
     def close(self) -> None:
         self._stack.close()
-
-    def __enter__(self) -> NionMicroscope:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # ---------------------------------------------------------------- Beam (on the instrument)
     def blank_beam(self) -> None:

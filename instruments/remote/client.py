@@ -22,6 +22,7 @@ from tenacity import (
 )
 
 from autoscope.instruments.errors import ConnectionLost, InstrumentError, error_from_dict
+from autoscope.instruments.protocols import ClosesOnExit
 from autoscope.instruments.records import (
     Capabilities,
     Detector,
@@ -56,7 +57,7 @@ def _should_retry(exc: BaseException) -> bool:
     return isinstance(exc, _Retryable | httpx.TransportError)
 
 
-class RemoteMicroscope:
+class RemoteMicroscope(ClosesOnExit):
     """A microscope served by ``autoscope instrument serve`` at ``url``.
 
     ``retries`` is the number of extra attempts after the first, with exponential
@@ -240,12 +241,6 @@ class RemoteMicroscope:
 
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> RemoteMicroscope:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RemoteMicroscope({self.url!r})"

@@ -3,7 +3,7 @@
 ``build_survey_map(image, spectra)`` segments the overview into what a scientist would
 name — particles with their shape, size, aspect ratio, orientation, tips and corners; the
 columns of an atomic lattice with their intensity class and candidate defect sites; an
-interface with a distance map — and summarises the survey spectra (peaks, edges and the
+interface with a distance map; flakes stacked on a film, counted by HAADF steps — and summarises the survey spectra (peaks, edges and the
 class each was taken on). It reads the image and spectra only, never the twin's oracle.
 """
 
@@ -18,13 +18,19 @@ from autoscope.tools.grounding.model import SurveyMap, SurveySpectrum
 
 def build_survey_map(image: ImageRecord, spectra: Sequence[tuple[str, SpectrumRecord]] = ()) -> SurveyMap:
     """The map of one survey: image features first, then each spectrum on its class."""
+    from autoscope.tools.grounding.flakes import find_flakes
     from autoscope.tools.grounding.interface import find_interface
     from autoscope.tools.grounding.lattice import find_lattice
     from autoscope.tools.grounding.particles import find_particles
 
     lattice = find_lattice(image)
     interface = find_interface(image)
-    particles = [] if lattice is not None or interface is not None else find_particles(image)
+    # flat flakes stacked on a film (a ladder of equal HAADF steps) cover too much of the field
+    # for the particle segmentation, which takes the commonest level for the support
+    flakes = find_flakes(image) if lattice is None and interface is None else None
+    particles = (
+        [] if lattice is not None or interface is not None or flakes is not None else find_particles(image)
+    )
     smap = SurveyMap(
         fov_nm=image.fov_nm,
         center_nm=(image.center_x_nm, image.center_y_nm),
@@ -32,6 +38,7 @@ def build_survey_map(image: ImageRecord, spectra: Sequence[tuple[str, SpectrumRe
         particles=particles,
         lattice=lattice,
         interface=interface,
+        flakes=flakes,
     )
     return smap.model_copy(update={"spectra": [describe_spectrum(smap, sid, rec) for sid, rec in spectra]})
 

@@ -31,6 +31,9 @@ Geometric rules (nm; "size" is a rod's length or a polygon's edge):
   column included; ``dim_site_brighter``: a heavier substituent on the dim sublattice);
   a point belongs to a site when it lies within ``SITE_RADIUS_FRACTION`` × the
   nearest-neighbour distance of it;
+- flakes: flat flakes of one thickness stacked on a film, each adding one HAADF step; the
+  number stacked at a pixel is ``bare_film`` (0), ``single_flake`` (1) or ``stacked_flakes``
+  (2 or more); a pixel on a step edge (its 3 × 3 neighbourhood not all one count) is in none;
 - interface: a line separating two regions of different mean intensity; points within
   ``INTERFACE_HALF_WIDTH_NM`` of it are ``interface``, the others ``bright_side`` (the
   heavier, brighter side) or ``dim_side``.
@@ -59,12 +62,15 @@ FeatureClass = Literal[
     "bright_side",
     "dim_side",
     "interface",
+    "bare_film",
+    "single_flake",
+    "stacked_flakes",
 ]
 FEATURE_CLASSES: tuple[str, ...] = get_args(FeatureClass)
 UNASSIGNED = "unassigned"
 
 #: unions a hypothesis may name as well (a group's name is not itself a class)
-ClassGroup = Literal["rod", "triangle", "cube", "particle", "lattice_site", "defect_site", "side"]
+ClassGroup = Literal["rod", "triangle", "cube", "particle", "lattice_site", "defect_site", "side", "flake"]
 _SHAPES = {
     "rod": ("rod_tip", "rod_side"),
     "triangle": ("triangle_corner", "triangle_edge", "triangle_face"),
@@ -77,6 +83,7 @@ CLASS_GROUPS: dict[str, tuple[str, ...]] = {
     "lattice_site": ("sublattice_bright", "sublattice_dim", *_DEFECT_SITES),
     "defect_site": _DEFECT_SITES,
     "side": ("bright_side", "dim_side"),
+    "flake": ("single_flake", "stacked_flakes"),
 }
 #: a class or a group
 ClassName = FeatureClass | ClassGroup
@@ -120,6 +127,9 @@ DESCRIPTIONS: dict[str, str] = {
     "bright_side": "the brighter (heavier) side of the interface, away from it",
     "dim_side": "the dimmer (lighter) side of the interface, away from it",
     "interface": f"within {INTERFACE_HALF_WIDTH_NM:g} nm of the interface",
+    "bare_film": "the support film where no flake lies",
+    "single_flake": "one flake on the film (one HAADF step above it)",
+    "stacked_flakes": "two or more flakes stacked (two or more HAADF steps)",
 }
 
 

@@ -113,6 +113,32 @@ class SurveySpectrum(BaseModel):
     edges: list[SpectralEdge] = []
 
 
+class FlakeMap(BaseModel):
+    """Flakes stacked on a film (``flakes.py``): layers per survey pixel, -1 where unstable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    film_level: float = Field(description="HAADF counts of the bare film")
+    step: float = Field(description="HAADF counts one flake adds")
+    noise: float = Field(description="noise σ of the film level after the median filter")
+    layers: list[list[int]] = Field(
+        description="flakes stacked at each pixel (rows × columns); -1: a step edge"
+    )
+
+    def classes(self, rows_cols: np.ndarray) -> np.ndarray:
+        """The flake class of each (row, col) pixel index (n, 2); unassigned outside or on an edge."""
+        grid = np.asarray(self.layers)
+        rc = np.rint(np.atleast_2d(rows_cols)).astype(int)
+        inside = (rc[:, 0] >= 0) & (rc[:, 0] < grid.shape[0]) & (rc[:, 1] >= 0) & (rc[:, 1] < grid.shape[1])
+        n = np.full(len(rc), -1)
+        n[inside] = grid[rc[inside, 0], rc[inside, 1]]
+        out = np.full(len(rc), UNASSIGNED, dtype=object)
+        out[n == 0] = "bare_film"
+        out[n == 1] = "single_flake"
+        out[n >= 2] = "stacked_flakes"
+        return out
+
+
 class SurveyMap(BaseModel):
     """Everything the grounding found in a survey (see the module doc)."""
 
@@ -124,6 +150,7 @@ class SurveyMap(BaseModel):
     particles: list[ParticleFeature] = []
     lattice: LatticeMap | None = None
     interface: InterfaceMap | None = None
+    flakes: FlakeMap | None = None
     spectra: list[SurveySpectrum] = []
 
     # ------------------------------------------------------------------ classes
@@ -133,6 +160,13 @@ class SurveyMap(BaseModel):
         out = np.full(len(xy), UNASSIGNED, dtype=object)
         if self.particles:
             out[:] = particle_classes(self.particles, xy)
+        if self.flakes is not None:
+            rows = len(self.flakes.layers)
+            p = self.fov_nm / self.pixels
+            x0, y0 = self.center_nm[0] - self.fov_nm / 2, self.center_nm[1] - rows * p / 2
+            out[:] = self.flakes.classes(
+                np.column_stack([(xy[:, 1] - y0) / p - 0.5, (xy[:, 0] - x0) / p - 0.5])
+            )
         if self.interface is not None:
             d = interface_distance(self.interface, xy)
             side = np.where(d < 0, "bright_side", "dim_side")

@@ -51,6 +51,14 @@ def map_summary(smap: SurveyMap, candidates_nm: np.ndarray) -> str:
             f"Interface: a line through ({pts[:, 0].mean():.1f}, {pts[:, 1].mean():.1f}) nm; the bright side lies "
             f"toward ({n[0]:+.2f}, {n[1]:+.2f}); brightness contrast {smap.interface.contrast:.2f}."
         )
+    if smap.flakes is not None:
+        f = smap.flakes
+        grid = np.asarray(f.layers)
+        lines.append(
+            f"Flakes on a film: HAADF steps of {f.step:.3g} counts above the film ({f.film_level:.3g}), "
+            f"{f.step / max(f.noise, 1e-12):.1f} noise σ each; up to {int(grid.max())} flakes stacked; "
+            f"{100 * np.mean(grid > 0):.0f} % of the field covered."
+        )
     present = smap.classes_present(candidates_nm)
     if present:
         lines.append("Feature classes (members: sites or grid points), names to use in a prediction:")
@@ -77,7 +85,8 @@ def map_summary(smap: SurveyMap, candidates_nm: np.ndarray) -> str:
 def spectrum_positions(smap: SurveyMap, candidates_nm: np.ndarray, n: int) -> list[tuple[float, float]]:
     """Up to ``n`` positions, one on each kind of feature: the key point of the largest particle of
     each shape, the substrate point farthest from every particle, then the most extreme site of
-    each lattice class, then the two sides of an interface, far from it."""
+    each lattice class, then the two sides of an interface, far from it, then the film, a single and
+    stacked flakes, each deepest inside its class."""
     out: list[tuple[float, float]] = []
     for shape in ("rod", "triangle", "cube", "other"):
         ps = [p for p in smap.particles if p.shape == shape]
@@ -115,6 +124,22 @@ def spectrum_positions(smap: SurveyMap, candidates_nm: np.ndarray, n: int) -> li
                 d = np.abs(interface_distance(smap.interface, pts))
                 cost = np.abs(d - target) + 0.1 * np.hypot(*(pts - centre).T)
                 out.append(tuple(pts[int(np.argmin(cost))]))
+    if smap.flakes is not None:
+        cls = smap.area_class(candidates_nm)
+        centre = np.asarray(smap.center_nm)
+        for c in ("bare_film", "single_flake", "stacked_flakes"):
+            pts = candidates_nm[cls == c]
+            if len(pts):  # deepest inside its class (farthest from other classes), near the middle
+                other = candidates_nm[cls != c]
+                depth = (
+                    np.min(
+                        np.hypot(pts[:, None, 0] - other[None, :, 0], pts[:, None, 1] - other[None, :, 1]),
+                        axis=1,
+                    )
+                    if len(other)
+                    else np.zeros(len(pts))
+                )
+                out.append(tuple(pts[int(np.argmax(depth - 1e-3 * np.hypot(*(pts - centre).T)))]))
     seen, uniq = set(), []
     for p in out:
         key = (round(float(p[0]), 4), round(float(p[1]), 4))
