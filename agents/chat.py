@@ -22,56 +22,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
-from pydantic import BaseModel, Field
-
+from autoscope.agents import session
 from autoscope.agents.gates import GateRequest, GateResponse
-from autoscope.agents.llm import LLM, LLMError, Message, structured
-from autoscope.prompts import render
-from autoscope.tools import queries
-from autoscope.tools.store import RunStore
+from autoscope.agents.llm import LLM
+from autoscope.instruments.errors import InvalidRequest
 
 HELP = __doc__.split("stdin (so a script of answers can drive it):")[1].split("End of input")[0]
-
-
-class Question(BaseModel):
-    """Which read-only tool answers a question (what the LLM fills in)."""
-
-    tool: str = Field(description="one of: " + ", ".join(queries.TOOLS))
-    x_nm: float | None = None
-    y_nm: float | None = None
-    n: int = 5
-
-
-_KEYWORDS = (
-    ("verdict", "verdicts"),
-    ("safety", "safety"),
-    ("limit", "safety"),
-    ("best", "best"),
-    ("strongest", "best"),
-    ("highest", "best"),
-    ("near", "nearest"),
-    ("at (", "nearest"),
-)
-
-
-def route_question(text: str, llm: LLM | None) -> Question:
-    """The tool for a question: the LLM chooses when there is one; else keywords decide."""
-    if llm is not None and llm.backend != "none":
-        try:
-            prompt = render("question", question=text, tools={k: v[1] for k, v in queries.TOOLS.items()})
-            return structured(llm, [Message(role="user", content=prompt)], Question, purpose="chat question")
-        except LLMError:
-            pass
-    low = text.lower()
-    nums = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", text)]
-    for word, tool in _KEYWORDS:
-        if word in low:
-            if tool == "nearest" and len(nums) >= 2:
-                return Question(tool=tool, x_nm=nums[0], y_nm=nums[1])
-            return Question(tool=tool)
-    return Question(tool="measurements")
 
 
 def _parse_value(text: str) -> Any:
@@ -127,19 +86,21 @@ def apply_edit(proposal: dict, text: str) -> dict:
 
 
 class ChatResponder:
-    """Answers gates from a stream of lines (a terminal or a script); see the module doc."""
+    """Answers gates from a stream of lines (a terminal or a script); see the module doc.
+
+    The answers and questions go through ``agents/session.py``, as the web workspace's do."""
 
     def __init__(
         self,
         lines: TextIO,
         out: Callable[[str], None],
-        store: Callable[[], RunStore | None],
+        run_dir: Path,
         llm: Callable[[], LLM | None],
         who: str = "scientist",
     ) -> None:
         self.lines = lines
         self.out = out
-        self.store = store
+        self.run_dir = Path(run_dir)
         self.llm = llm
         self.who = who
 
@@ -151,12 +112,7 @@ class ChatResponder:
         return line.strip()
 
     def question(self, text: str) -> None:
-        store = self.store()
-        if store is None:
-            self.out("No data yet.")
-            return
-        q = route_question(text, self.llm())
-        self.out(queries.answer(store, q.tool, x_nm=q.x_nm, y_nm=q.y_nm, n=q.n))
+        self.out(session.answer_question(self.run_dir, text, self.llm()))
 
     def __call__(self, request: GateRequest) -> GateResponse | None:
         self.out("\n" + request.text())
@@ -170,22 +126,27 @@ class ChatResponder:
                 continue
             word, _, rest = line.partition(" ")
             word = word.lower()
-            if word in ("approve", "a", "yes", "y"):
-                return GateResponse(action="approve", actor="human", who=self.who)
-            if word in ("reject", "r", "no"):
-                return GateResponse(action="reject", reason=rest or "rejected", actor="human", who=self.who)
-            if word == "redirect":
-                if not rest:
-                    self.out("redirect needs an instruction")
-                    continue
-                return GateResponse(action="redirect", instruction=rest, actor="human", who=self.who)
-            if word == "edit":
-                try:
-                    edited = apply_edit(request.proposal, rest)
-                except (ValueError, KeyError, IndexError) as exc:
-                    self.out(f"edit not applied: {exc}")
-                    continue
-                return GateResponse(action="edit", edit=edited, actor="human", who=self.who)
+            action = {"a": "approve", "yes": "approve", "y": "approve", "r": "reject", "no": "reject"}.get(
+                word, word
+            )
+            try:
+                if action == "edit":
+                    try:
+                        edited = apply_edit(request.proposal, rest)
+                    except (ValueError, KeyError, IndexError) as exc:
+                        self.out(f"edit not applied: {exc}")
+                        continue
+                    return session.respond("edit", self.who, edit=edited)
+                if action in ("approve", "reject", "redirect"):
+                    return session.respond(
+                        action,
+                        self.who,
+                        reason=rest if action == "reject" else "",
+                        instruction=rest if action == "redirect" else "",
+                    )
+            except InvalidRequest as exc:
+                self.out(str(exc))
+                continue
             if word == "show":
                 self.out(json.dumps(request.proposal, indent=2))
                 continue

@@ -599,6 +599,12 @@ app.command("resume")(cli_run.resume)
 app.command("chat")(cli_run.chat)
 app.command("plan-schema")(cli_run.plan_schema)
 app.command("eval")(cli_eval.eval_cmd)
+from autoscope.agents import cli_web  # noqa: E402 - beside the other commands
+
+app.command("web")(cli_web.web)
+from autoscope.agents import cli_mcp  # noqa: E402 - beside the other commands
+
+app.command("mcp")(cli_mcp.mcp)
 
 
 def main() -> None:

@@ -244,7 +244,7 @@ def chat(
     from autoscope.agents.cli import _cli_errors
     from autoscope.agents.run_spec import load_run_spec
     from autoscope.agents.runner import RunOptions, launch
-    from autoscope.tools.store import RunStore
+    from autoscope.agents.session import new_spec
 
     with _cli_errors():
         _choice(autonomy, AUTONOMY, "autonomy")
@@ -261,20 +261,14 @@ def chat(
             sys.stdout.write(text + ("" if text.endswith("> ") else "\n"))
             sys.stdout.flush()
 
-        def store():
-            return RunStore.open(run_dir, read_only=True) if (run_dir / "events.jsonl").exists() else None
-
-        responder = ChatResponder(sys.stdin, say, store, lambda: holder.get("ctx") and holder["ctx"].llm)
+        responder = ChatResponder(sys.stdin, say, run_dir, lambda: holder.get("ctx") and holder["ctx"].llm)
         say(f"autoscope chat on {remote or spec.scenario}. Default goal: {spec.goal}")
         goal = responder.read("goal (empty keeps the default)> ")
         while goal and goal.startswith("?"):
             responder.question(goal[1:])
             goal = responder.read("goal> ")
-        if goal:
-            spec = spec.model_copy(update={"goal": goal})
-        changes = {"budget": budget, "rounds": rounds}
-        spec = spec.model_validate(
-            {**spec.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
+        spec = new_spec(
+            scenario=scenario, campaign_file=campaign_file, goal=goal or "", budget=budget, rounds=rounds
         )
         with _interruptible(holder):
             outcome = launch(

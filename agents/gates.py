@@ -14,6 +14,12 @@ Policy levels:
 - ``autonomous``: the policy approves a plan only when its dry run is within the limits
   a person set; beyond them it stops for a person (the run exits 3 and resumes at that
   gate). Monitor events end the scan; a safety stop always waits for a person.
+
+An outside agent (``actor="agent"``, e.g. through ``autoscope mcp``) never decides for a
+person: at a gate that needs one it may only submit an edited plan, at the plan or the
+intervention gate, and any other answer is refused (the person is asked again). Its edit
+is marked in the plan's ``author``, and a plan so marked always needs a person at the plan
+gate, whatever the autonomy level.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ from autoscope.tools.dry_run import DryRun
 GateName = Literal["hypothesis", "plan", "intervention", "analysis"]
 Actor = Literal["human", "agent", "policy"]
 Level = Literal["manual", "supervised", "autonomous"]
+#: the gates where an outside agent may answer, with an edit only: the edited plan is dry-run and
+#: asked about again, by a person (``AutonomyPolicy.needs_person``)
+AGENT_EDIT_GATES: tuple[GateName, ...] = ("plan", "intervention")
+#: how an outside agent's edit marks the plan's ``author``
+AGENT_EDIT = "edited by agent"
 
 
 class GateRequest(BaseModel):
@@ -87,6 +98,8 @@ class AutonomyPolicy(BaseModel):
     def needs_person(self, request: GateRequest) -> bool:
         if request.proposal.get("kind") == "safety_stop":
             return True
+        if request.gate == "plan" and edited_by_agent(request.proposal):
+            return True
         if self.level == "manual":
             return True
         if self.level == "supervised":
@@ -105,6 +118,24 @@ class AutonomyPolicy(BaseModel):
         return GateResponse(
             action="approve", actor="policy", who=self.level, reason="within the human-set limits"
         )
+
+
+def edited_by_agent(proposal: dict[str, Any]) -> bool:
+    """The proposal is a plan an outside agent edited (a person must approve it)."""
+    return str(proposal.get("author") or "").startswith(AGENT_EDIT)
+
+
+def agent_answer(request: GateRequest, resp: GateResponse) -> GateResponse:
+    """An outside agent's answer at a gate that needs a person: an edit at the plan or intervention
+    gate, marked as the agent's; anything else raises ``ValueError`` (the person is asked again)."""
+    if resp.action != "edit" or request.gate not in AGENT_EDIT_GATES:
+        raise ValueError(
+            f"an outside agent cannot {resp.action} at the {request.gate} gate: a person decides here "
+            "(an agent may only submit an edited plan at the plan or intervention gate, for a person "
+            "to approve)"
+        )
+    mark = f"{AGENT_EDIT} ({resp.who or 'outside agent'})"
+    return resp.model_copy(update={"edit": {**(resp.edit or {}), "author": mark}})
 
 
 def effective_decisions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,6 +170,8 @@ def ask(
             raw = interrupt(request.model_dump(mode="json"))
             try:
                 resp = GateResponse.model_validate(raw)
+                if resp.actor == "agent":
+                    resp = agent_answer(request, resp)
                 update = validate(resp)
                 break
             except (ValidationError, ValueError) as exc:

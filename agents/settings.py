@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     #: graph checkpoints: empty for SQLite in the run directory, or a postgresql:// URL
     checkpoint_url: str | None = None
 
+    # ---- web workspace
+    #: the people of ``autoscope web``: a YAML/JSON file of {token: name}, or ``token=name,…``
+    #: (empty: the server makes one token for the user running it and prints its URL)
+    web_tokens: str | None = None
+
     # ---- object storage
     #: copy every run, as it is written, to ``s3://bucket/prefix/<run-name>/`` (empty: runs stay
     #: local). Credentials and region come from the usual AWS variables (AWS_ACCESS_KEY_ID,

@@ -18,6 +18,7 @@ interlock; a plan of known positions gets the interlock's figure exactly.
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from autoscope.instruments.dose import DoseLedger
@@ -305,4 +306,56 @@ def longest_stay_s(
     return max(room, 0.0) / per_s
 
 
-__all__ = ["DryRun", "LimitCheck", "StepCost", "Usage", "dry_run", "longest_stay_s"]
+def dose_targets(plan: Plan, dry: DryRun, smap, grid_nm: np.ndarray, max_points: int = 600) -> list[dict]:
+    """Where each step of ``plan`` may put its dose, for a picture over the survey: per step its
+    kind, spectra, dose (e) and time (s) from the dry run, and the positions (nm) it may measure
+    at — exact for ``spectrum_at``, the candidates the run will choose from otherwise (the active
+    scan's grid at its stride, an audit's classes, a sites step's sites); a survey is its field.
+    At most ``max_points`` positions a step (an even sample of the rest)."""
+    grid = np.atleast_2d(np.asarray(grid_nm, dtype=float))
+    sv = plan.survey
+    out = []
+
+    def thin(pts: np.ndarray) -> list[list[float]]:
+        pts = np.asarray(pts, dtype=float).reshape(-1, 2)
+        if len(pts) > max_points:
+            pts = pts[np.linspace(0, len(pts) - 1, max_points).astype(int)]
+        return [[round(float(x), 3), round(float(y), 3)] for x, y in pts]
+
+    for step, cost in zip(plan.steps, dry.steps, strict=True):
+        item = {
+            "index": cost.index,
+            "kind": step.kind,
+            "spectra": cost.spectra,
+            "images": cost.images,
+            "dose_e": cost.dose_e,
+            "time_s": cost.time_s,
+            "exact": False,
+            "points": [],
+        }
+        if isinstance(step, SurveyStep):
+            item["field_nm"] = sv.fov_nm
+        elif isinstance(step, ActiveScanStep):
+            step_nm = step.stride_px * sv.fov_nm / sv.pixels
+            x0, y0 = grid.min(axis=0)
+            x1, y1 = grid.max(axis=0)
+            xs, ys = np.arange(x0, x1 + 1e-9, step_nm), np.arange(y0, y1 + 1e-9, step_nm)
+            item["points"] = thin(np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2))
+        elif isinstance(step, AuditStep):
+            named = [c for c in step.classes if c != "elsewhere"]
+            pops = [smap.population(c, grid) for c in named]
+            if "elsewhere" in step.classes:
+                cls = smap.area_class(grid)
+                pops.append(grid[~np.isin(cls, named)])
+            item["points"] = thin(np.concatenate(pops) if pops else np.zeros((0, 2)))
+            item["classes"] = list(step.classes)
+        elif isinstance(step, SitesStep):
+            item["points"] = thin(smap.population(step.at, grid))
+            item["classes"] = [step.at]
+        elif isinstance(step, SpectrumAtStep):
+            item["points"], item["exact"] = [[step.x_nm, step.y_nm]], True
+        out.append(item)
+    return out
+
+
+__all__ = ["DryRun", "LimitCheck", "StepCost", "Usage", "dose_targets", "dry_run", "longest_stay_s"]

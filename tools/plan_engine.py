@@ -24,6 +24,7 @@ then nothing after it runs until a person lets the plan continue.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -262,6 +263,8 @@ def execute_plan(
         if usable:
             best = max(usable, key=lambda s: s.y)
             best_step, best_xy = best.step_id, (best.record.x_nm, best.record.y_nm)
+        if result.mean is not None:
+            store.write_artifact(prediction_artifact(h.id), _prediction_json(result))
         if figure_dir is not None and result.measured:
             figure = str(
                 campaign_figure(result, Path(figure_dir) / f"{h.id}.png", title=f"{h.id}: {h.statement[:70]}")
@@ -283,6 +286,28 @@ def execute_plan(
         stopped_by=stopped_by,
         monitor_events=events,
         figure=figure,
+    )
+
+
+def prediction_artifact(hypothesis_id: str) -> str:
+    """The artifact holding the active scan's final prediction over its candidates."""
+    return f"{hypothesis_id}-prediction.json"
+
+
+def _prediction_json(result: CampaignResult) -> str:
+    """The model's posterior mean and standard deviation at each candidate (nm), as JSON."""
+
+    def finite(a: np.ndarray) -> list[float | None]:
+        return [float(v) if np.isfinite(v) else None for v in np.asarray(a, dtype=float)]
+
+    xy = result.grid.xy_nm
+    return json.dumps(
+        {
+            "x_nm": finite(xy[:, 0]),
+            "y_nm": finite(xy[:, 1]),
+            "mean": finite(result.mean),
+            "std": finite(result.std if result.std is not None else np.full(len(xy), np.nan)),
+        }
     )
 
 
