@@ -193,6 +193,13 @@ def _curves(ax, results: Sequence[dict], scenario: str, backends: Sequence[str])
 
 
 def figures(results: Sequence[dict], agg: dict, out: Path) -> list[Path]:
+    from autoscope.tools.figures import FIGURES
+
+    with FIGURES:  # pyplot is not thread-safe (tools/figures.py)
+        return _figures(results, agg, out)
+
+
+def _figures(results: Sequence[dict], agg: dict, out: Path) -> list[Path]:
     from autoscope.tools.figures import plt, save_figure  # pyplot on the Agg backend
 
     paths = []

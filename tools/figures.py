@@ -1,9 +1,17 @@
-"""Figures a scientist would rather look at than read (PNG, matplotlib Agg)."""
+"""Figures a scientist would rather look at than read (PNG, matplotlib Agg).
+
+pyplot keeps global state and is not thread-safe (two runs drawing at once in one process,
+as the web workspace runs them, fail in ``tight_layout``): every figure here is drawn while
+holding ``FIGURES``, a re-entrant lock, and code elsewhere that uses ``plt`` takes it too.
+"""
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import matplotlib
 import numpy as np
@@ -16,7 +24,24 @@ from autoscope.instruments.records import ImageRecord, SpectrumRecord  # noqa: E
 if TYPE_CHECKING:
     from autoscope.tools.campaign import CampaignResult
 
+#: held while pyplot draws (re-entrant: a figure function may call another)
+FIGURES = threading.RLock()
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
+
+def serialised(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Draw ``fn``'s figure holding ``FIGURES``."""
+
+    @functools.wraps(fn)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with FIGURES:
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+@serialised
 def save_figure(fig, path: Path, title: str = "", dpi: int = 110) -> Path:
     """Title ``fig``, lay it out, write it to ``path`` (PNG) and close it."""
     if title:
@@ -28,6 +53,7 @@ def save_figure(fig, path: Path, title: str = "", dpi: int = 110) -> Path:
     return path
 
 
+@serialised
 def survey_figure(
     image: ImageRecord,
     spectra: list[SpectrumRecord],
@@ -64,6 +90,7 @@ def survey_figure(
     return save_figure(fig, path, title, dpi=110)
 
 
+@serialised
 def campaign_figure(
     result: CampaignResult, path: Path, *, recall: np.ndarray | None = None, title: str = ""
 ) -> Path:
@@ -127,6 +154,7 @@ def campaign_figure(
     return save_figure(fig, path, title, dpi=100)
 
 
+@serialised
 def image_figure(
     data: np.ndarray, fov_nm: float, center_nm: tuple[float, float], path: Path, *, title: str = ""
 ) -> Path:
@@ -222,6 +250,7 @@ def _draw_map(ax, image: ImageRecord, smap, grid_nm: np.ndarray) -> None:
         ax.legend(handles, labels, fontsize=6, markerscale=3, loc="upper right", framealpha=0.6)
 
 
+@serialised
 def map_figure(image: ImageRecord, smap, grid_nm: np.ndarray, path: Path, *, title: str = "") -> Path:
     """The survey map: particles outlined with their shape, lattice sites by class, the interface,
     and the survey spectra numbered as in the summary."""
@@ -230,6 +259,7 @@ def map_figure(image: ImageRecord, smap, grid_nm: np.ndarray, path: Path, *, tit
     return save_figure(fig, path, title, dpi=110)
 
 
+@serialised
 def evidence_figure(
     image: ImageRecord,
     smap,
@@ -287,6 +317,7 @@ def evidence_figure(
     return save_figure(fig, path, title, dpi=100)
 
 
+@serialised
 def recording_figure(rec, path: Path) -> Path:
     """A read recording (``instruments.readers.Recording``): its survey image over the scan field
     (nm) and its mean spectrum over the energy axis, labelled with the axis name and provenance."""
@@ -307,6 +338,7 @@ def recording_figure(rec, path: Path) -> Path:
     return save_figure(fig, path, rec.path.name, 110)
 
 
+@serialised
 def discovery_figure(result: dict, path: Path) -> Path:
     """Information per dose: median recall against the cumulative areal dose, per method, for the
     raw and the robust region definitions (``autoscope bench discovery --figure``)."""
