@@ -9,8 +9,6 @@ On start, runs this server drove that were killed with it resume from their chec
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -19,20 +17,9 @@ import typer
 from autoscope.agents.cli_run import err
 from autoscope.agents.settings import load_settings
 from autoscope.instruments.errors import ConfigError, InvalidRequest
+from autoscope.instruments.remote.idle import watch_idle
 
 log = logging.getLogger(__name__)
-
-
-def _stop_when_idle(server, app, idle_exit_s: float) -> None:
-    while not server.should_exit:
-        busy = any(app.state.manager.is_running(n) for n in list(app.state.manager._threads))
-        if busy:
-            app.state.activity.touch()
-        elif app.state.activity.idle_s() >= idle_exit_s:
-            log.info("no request and no running run for %.1f s: stopping the web workspace", idle_exit_s)
-            server.should_exit = True
-            return
-        time.sleep(0.25)
 
 
 def web(
@@ -93,9 +80,14 @@ def web(
     resumed = app.state.manager.resume_killed()
     if resumed:
         err.print(f"resuming {len(resumed)} run(s) killed with the server: {', '.join(resumed)}")
-    if idle_exit_s is not None:
-        threading.Thread(
-            target=_stop_when_idle, args=(server, app, float(idle_exit_s)), name="web-idle-exit", daemon=True
-        ).start()
+    if idle_exit_s is not None:  # a run still going keeps the workspace up
+        manager = app.state.manager
+        watch_idle(
+            server,
+            app.state.activity.idle_s,
+            float(idle_exit_s),
+            "the web workspace",
+            busy=lambda: any(manager.is_running(n) for n in list(manager._threads)),
+        )
     server.run()
     app.state.manager.join(10.0)

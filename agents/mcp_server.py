@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -35,6 +34,7 @@ from autoscope.instruments.errors import (
     SafetyLimitExceeded,
     validation_field,
 )
+from autoscope.instruments.remote.idle import watch_idle
 from autoscope.tools.plan import PlanValidationError
 from autoscope.tools.queries import TOOLS as QUERY_TOOLS
 from autoscope.tools.store import RunStoreError
@@ -354,16 +354,7 @@ def serve_http(mcp: MCPServer, *, host: str, port: int, token: str, idle_exit_s:
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level))
 
-    def stop_when_idle() -> None:
-        while not server.should_exit:
-            idle = app.idle_s()
-            if idle >= idle_exit_s:
-                log.info("no request for %.1f s: shutting the MCP server down", idle)
-                server.should_exit = True
-                return
-            time.sleep(min(0.5, max(idle_exit_s - idle, 0.01)))
-
     if idle_exit_s is not None:
-        threading.Thread(target=stop_when_idle, name="mcp-idle-exit", daemon=True).start()
+        watch_idle(server, app.idle_s, float(idle_exit_s), "the MCP server")
     log.info("autoscope MCP server at http://%s:%d/mcp", host, port)
     server.run()

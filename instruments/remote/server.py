@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from autoscope.instruments.errors import InstrumentError, InvalidRequest
 from autoscope.instruments.protocols import Microscope
 from autoscope.instruments.records import ImageRecord, ImageRequest, SpectrumRequest, request_sha256
+from autoscope.instruments.remote.idle import watch_idle
 from autoscope.instruments.remote.state import ServerState
 from autoscope.instruments.remote.wire import (
     NPY_MEDIA_TYPE,
@@ -386,16 +387,6 @@ def serve_in_thread(app: Any, *, name: str = "server", start_timeout_s: float = 
         thread.join(10)
 
 
-def _stop_when_idle(server: uvicorn.Server, activity: _Activity, idle_exit_s: float) -> None:
-    while not server.should_exit:
-        idle = activity.idle_s()
-        if idle >= idle_exit_s:
-            log.info("no request for %.1f s: shutting the instrument server down", idle)
-            server.should_exit = True
-            return
-        time.sleep(min(0.5, max(idle_exit_s - idle, 0.01)))
-
-
 def serve(
     microscope: Microscope,
     *,
@@ -417,11 +408,6 @@ def serve(
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=level))
     log.info("autoscope instrument server at http://%s:%d (%s)", host, port, type(microscope).__name__)
     if idle_exit_s is not None:
-        threading.Thread(
-            target=_stop_when_idle,
-            args=(server, app.state.activity, float(idle_exit_s)),
-            name="instrument-idle-exit",
-            daemon=True,
-        ).start()
+        watch_idle(server, app.state.activity.idle_s, float(idle_exit_s), "the instrument server")
     server.run()
     log.info("instrument server at http://%s:%d stopped", host, port)
