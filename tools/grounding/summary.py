@@ -4,6 +4,7 @@ and where the survey spectra should go (one on each kind of feature)."""
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from autoscope.tools.grounding.classes import DESCRIPTIONS
 from autoscope.tools.grounding.model import SurveyMap, interface_distance
@@ -131,14 +132,7 @@ def spectrum_positions(smap: SurveyMap, candidates_nm: np.ndarray, n: int) -> li
             pts = candidates_nm[cls == c]
             if len(pts):  # deepest inside its class (farthest from other classes), near the middle
                 other = candidates_nm[cls != c]
-                depth = (
-                    np.min(
-                        np.hypot(pts[:, None, 0] - other[None, :, 0], pts[:, None, 1] - other[None, :, 1]),
-                        axis=1,
-                    )
-                    if len(other)
-                    else np.zeros(len(pts))
-                )
+                depth = cKDTree(other).query(pts)[0] if len(other) else np.zeros(len(pts))
                 out.append(tuple(pts[int(np.argmax(depth - 1e-3 * np.hypot(*(pts - centre).T)))]))
     seen, uniq = set(), []
     for p in out:
