@@ -22,7 +22,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autoscope.agents import cli_bench, cli_eval, cli_run
+from autoscope.agents import cli_bench, cli_eval, cli_overhead, cli_run
 from autoscope.agents.cli_run import BackendOpt, NionConfigOpt
 from autoscope.agents.llm.base import LLMUnavailable
 from autoscope.agents.settings import load_settings
@@ -252,6 +252,10 @@ def campaign(
     sim_config: Annotated[Path | None, typer.Option(help="Twin settings file: drift, noise, faults.")] = None,
     backend: BackendOpt = None,
     nion_config: NionConfigOpt = None,
+    pipeline: Annotated[
+        bool | None,
+        typer.Option("--pipeline/--no-pipeline", help="Refit the model while the instrument measures."),
+    ] = None,
 ) -> None:
     """Run (or resume) an active-learning campaign without an LLM; write the store and campaign.png."""
     from autoscope.instruments.factory import DEFAULT_SCENARIO
@@ -264,7 +268,7 @@ def campaign(
         if campaign_file is None and name is None:
             raise ConfigError("campaign", "a remote, replayed or Nion instrument needs a campaign file")
         cfg = load_campaign(campaign_file or default_campaign_path(name))
-        changes = {"method": method, "budget": budget, "seed": seed}
+        changes = {"method": method, "budget": budget, "seed": seed, "pipeline": pipeline}
         cfg = cfg.with_(**{k: v for k, v in changes.items() if v is not None})
         store = RunStore.open_or_create(out, meta={"command": "campaign", "scenario": name, "seed": cfg.seed})
         _mirror(store)
@@ -290,11 +294,14 @@ def campaign(
                 title=f"{name or remote or replay or backend} — {cfg.method}",
             )
         log.info(
-            "campaign done: %d measurements (%d distinct), best %.4g, dose %.3g e; %s",
+            "campaign done: %d measurements (%d distinct), best %.4g, dose %.3g e, column dead %.0f %% "
+            "of the loop (waiting for the model %.0f %%); %s",
             len(result.measured),
             len(set(result.measured)),
             max(result.y, default=float("nan")),
             result.dose_e,
+            100 * result.timing.dead_fraction,
+            100 * result.timing.wait_fraction,
             png,
         )
         typer.echo(str(Path(out).resolve()))
@@ -324,9 +331,13 @@ def bench_latency_cmd(
     replay: Annotated[
         Path | None, typer.Option(help="Take descriptors from a recorded spectrum image.")
     ] = None,
+    refs: Annotated[
+        bool, typer.Option("--refs/--no-refs", help="Also time the gpytorch and BoTorch references.")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Median step time (fit + predict + acquisition) of DKL and GP vs scikit-learn's ARD GP."""
+    """Median step time (fit + predict + acquisition) and optimizer iterations of DKL and GP
+    vs gpytorch (exact GP, DKL), BoTorch (SingleTaskGP + LogEI) and scikit-learn's ARD GP."""
     from autoscope.evals.latency import bench_latency, format_latency
 
     with _cli_errors():
@@ -339,6 +350,7 @@ def bench_latency_cmd(
             device=device,
             steps=steps,
             replay=replay,
+            refs=refs,
         )
         typer.echo(json.dumps(result) if as_json else format_latency(result))
 
@@ -492,10 +504,13 @@ def instrument_serve(
 
 
 bench_app.command("discovery")(cli_bench.discovery)
+bench_app.command("growth")(cli_bench.growth)
 bench_app.command("science")(cli_bench.science)
 bench_app.command("score")(cli_bench.score)
 bench_app.command("reliability")(cli_bench.reliability)
 bench_app.command("throughput")(cli_bench.throughput)
+bench_app.command("overhead")(cli_overhead.overhead)
+bench_app.command("deadtime")(cli_bench.deadtime)
 app.command("run")(cli_run.run)
 app.command("resume")(cli_run.resume)
 app.command("chat")(cli_run.chat)

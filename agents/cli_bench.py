@@ -1,4 +1,5 @@
-"""``autoscope bench discovery``, ``science`` and ``score``: methods and verdicts against ground truth."""
+"""``autoscope bench discovery``, ``science``, ``score`` and ``growth``: methods and verdicts against
+ground truth, and what the models cost as a campaign grows."""
 
 from __future__ import annotations
 
@@ -216,6 +217,72 @@ def discovery(
         raise typer.Exit(EXIT_STOPPED)
 
 
+def growth(
+    observations: Annotated[
+        str, typer.Option(help="Comma-separated observation counts (at --at-candidates).")
+    ] = "100,200,500,1000,2000,5000",
+    candidates: Annotated[
+        str, typer.Option(help="Comma-separated candidate counts (at --at-observations).")
+    ] = "4096,16384,65536,262144",
+    at_candidates: Annotated[int, typer.Option(min=1, help="Candidates along the observation sweep.")] = 4096,
+    at_observations: Annotated[
+        int, typer.Option(min=2, help="Observations along the candidate sweep.")
+    ] = 200,
+    models: Annotated[str, typer.Option(help="Comma-separated models.")] = "gp,gp_sparse,dkl,dkl_sparse",
+    dim: Annotated[int, typer.Option(min=1, help="Descriptor dimensions.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    steps: Annotated[int, typer.Option(min=1, help="Steps timed per point (median).")] = 3,
+    max_step_s: Annotated[
+        float, typer.Option(min=0, help="Extrapolate a point whose step would take longer (s).")
+    ] = 20.0,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch threads for the run (default: torch's setting).")
+    ] = None,
+    figure: Annotated[Path | None, typer.Option(help="Write the two log-log panels (PNG) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Step time and peak memory of the exact GP and DKL against their sparse versions, as the
+    observations and the candidates grow (see evals/growth.py)."""
+    from autoscope.agents.cli import _cli_errors, _progress, log
+    from autoscope.evals.growth import MODELS, bench_growth, format_growth, growth_figure
+
+    with _cli_errors():
+        if device not in ("cpu", "cuda"):
+            raise ConfigError("device", f"{device!r}: choose cpu or cuda")
+        sizes = {}
+        for option, text, low in (("observations", observations, 2), ("candidates", candidates, 1)):
+            try:
+                sizes[option] = [int(v) for v in text.split(",") if v.strip()]
+            except ValueError:
+                raise ConfigError(option, f"{text!r}: give comma-separated whole numbers") from None
+            if not sizes[option] or min(sizes[option]) < low:
+                raise ConfigError(option, f"{text!r}: give sizes of at least {low}")
+        chosen = [m.strip() for m in models.split(",") if m.strip()]
+        unknown = sorted(set(chosen) - set(MODELS))
+        if unknown or not chosen:
+            raise ConfigError(
+                "models", f"unknown {', '.join(unknown) or 'none'}; choose from {', '.join(MODELS)}"
+            )
+        total = len(chosen) * (len(sizes["observations"]) + len(sizes["candidates"]))
+        with _progress("growth", total) as advance:
+            result = bench_growth(
+                sizes["observations"],
+                sizes["candidates"],
+                fixed_candidates=at_candidates,
+                fixed_observations=at_observations,
+                models=chosen,
+                dim=dim,
+                device=device,
+                steps=steps,
+                max_step_s=max_step_s,
+                threads=threads,
+                progress=advance,
+            )
+        if figure is not None:
+            log.info("step cost growth: %s", growth_figure(result, figure))
+        typer.echo(json.dumps(result) if as_json else format_growth(result))
+
+
 def _discovery_table(result: dict, seeds: int, budget: int, top_fraction: float) -> None:
     """The discovery result as a table: one row per method and region definition."""
     from autoscope.agents.cli import err
@@ -304,3 +371,47 @@ def throughput(
             f"(speed-up {r['speedup']}×); median campaign {r['campaign_s_median']:.1f} s; "
             f"identical results: {r['identical']}; errors {r['errors']}"
         )
+
+
+def deadtime(
+    scenario: Annotated[str, typer.Option(help="Simulated scenario.")] = "plasmonic",
+    dwells: Annotated[str, typer.Option(help="Comma-separated spectrum dwells (s).")] = "0.01,0.02,0.1",
+    budget: Annotated[int, typer.Option(min=10, help="Spectra per campaign.")] = 300,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds for the paired recall comparison.")] = 5,
+    recall_dwell: Annotated[float, typer.Option(min=1e-4, help="Dwell (s) of the recall comparison.")] = 0.02,
+    method: Annotated[str, typer.Option(help="dkl or gp.")] = "dkl",
+    campaign_file: Annotated[Path | None, typer.Option("--campaign", help="Campaign file.")] = None,
+    keep: Annotated[Path | None, typer.Option(help="Keep the run stores here.")] = None,
+    figure: Annotated[Path | None, typer.Option(help="Write the dead-time bar chart (PNG) here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Dead time of the column with and without pipelined decisions, on the real-time twin, and the
+    pipelined campaign's recall against the sequential one's (paired by seed)."""
+    from autoscope.agents.cli import _cli_errors, _progress, log
+    from autoscope.evals.deadtime import bench_deadtime, deadtime_figure, format_deadtime
+
+    with _cli_errors():
+        if method not in ("dkl", "gp"):
+            raise ConfigError("method", f"{method!r}: dead time needs a model; choose dkl or gp")
+        try:
+            chosen = [float(d) for d in dwells.split(",") if d.strip()]
+        except ValueError as exc:
+            raise ConfigError("dwells", f"{dwells!r} is not a comma-separated list of seconds") from exc
+        if not chosen or min(chosen) <= 0:
+            raise ConfigError("dwells", f"{dwells!r}: give positive dwells in seconds")
+        runs = 2 * len(chosen) + 2 * max(0, seeds - (1 if recall_dwell in chosen else 0))
+        with _progress("deadtime", runs * budget) as advance:
+            result = bench_deadtime(
+                scenario,
+                dwells=chosen,
+                budget=budget,
+                seeds=seeds,
+                recall_dwell=recall_dwell,
+                method=method,
+                campaign=campaign_file,
+                keep_dir=keep,
+                progress=advance,
+            )
+        if figure is not None:
+            log.info("dead time: %s", deadtime_figure(result, figure))
+        typer.echo(json.dumps(result) if as_json else format_deadtime(result))

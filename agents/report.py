@@ -101,6 +101,12 @@ def summary(
         "fallbacks": list(state.get("fallbacks") or []),
         "decisions": list(state.get("decisions") or []),
         "safety_stops": len(store.events("safety_stop")),
+        # each active scan's loop: how long the column waited (tools/pipeline.Timing)
+        "active_scans": [
+            {"prefix": e.get("prefix", ""), "measurements": e.get("measurements", 0), **e["timing"]}
+            for e in store.events("campaign_complete")
+            if e.get("timing")
+        ],
         "checkpoint_bytes": checkpoint_bytes,
         "pending_gate": pending,
     }
@@ -181,6 +187,20 @@ def report_markdown(state: GraphState, summ: dict[str, Any]) -> str:
             out += [f"- {e}" for e in v["evidence"]] + [""]
             if v.get("figure"):
                 out += [f"![{h['id']} evidence]({Path(v['figure']).name})", ""]
+    scans = summ.get("active_scans") or []
+    if scans:
+        out += [
+            "## Instrument time of the active scans",
+            "",
+            "| scan | spectra | wall (s) | column idle | waiting for the model | pipelined |",
+            "|---|---|---|---|---|---|",
+        ]
+        for t in scans:
+            out.append(
+                f"| {t['prefix'] or '–'} | {t['measurements']} | {t['wall_s']:.1f} | {100 * t['dead_fraction']:.0f} % "
+                f"| {100 * t['wait_fraction']:.0f} % | {'yes' if t['pipelined'] else 'no'} |"
+            )
+        out.append("")
     answer = summ.get("answer") or {}
     if answer.get("text"):
         out += ["## Answer to the goal", "", f"> {state.get('goal', '')}", "", answer["text"], ""]

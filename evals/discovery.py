@@ -224,15 +224,16 @@ def run_one(
     top_fraction: float = TOP_FRACTION,
     run_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    sim_config: Path | None = None,
 ) -> dict[str, Any]:
     """One campaign of one method and seed behind the safety limits, scored against the ground truth.
-    ``run_dir``: keep the run store there (else a temporary folder)."""
+    ``run_dir``: keep the run store there (else a temporary folder); ``sim_config``: twin settings."""
     cfg = config.with_(seed=seed)
     with tempfile.TemporaryDirectory(prefix="autoscope-bench-") as tmp:
         store = RunStore.create(Path(run_dir or tmp) / f"{cfg.method}-{seed}")
         with store:
             # the oracle reads the backend itself; every request goes through the interlocks
-            inner = open_backend(scenario=scenario, seed=seed, replay=replay)
+            inner = open_backend(scenario=scenario, seed=seed, replay=replay, sim_config=sim_config)
             scope = SafeMicroscope(
                 inner, limits or SafetyLimits(), on_event=lambda e: store.append_event(**e)
             )
@@ -258,6 +259,7 @@ def run_one(
         "dose_e_per_A2": result.dose_e / area_A2,
         "step_latency_ms": 1e3 * statistics.median(lat) if lat else 0.0,
         "dose_curve_e_per_A2": _dose_curve(result, area_A2).tolist(),
+        "timing": result.timing.as_dict(),
     }
     for definition in DEFINITIONS:
         targets = target_regions(result.grid, truth, top_fraction, definition=definition)

@@ -139,6 +139,8 @@ def run_task(
     }
     if backend in ("random", "raster"):
         update["template"] = spec.template.with_(method=backend)
+    if task.pipeline:
+        update["template"] = update.get("template", spec.template).with_(pipeline=True)
     spec = spec.model_copy(update=update)
     sim_config = None
     if task.sim:

@@ -1,11 +1,13 @@
-"""Latency of one active-learning step: ours (DKL, exact GP) against scikit-learn.
+"""Latency of one active-learning step: ours (DKL, exact GP) against gpytorch, BoTorch and scikit-learn.
 
 A step = fit on ``observations`` points + predict mean and spread over all
 ``candidates`` + expected-improvement argmax. Ours refit warm from the previous
-step's fit on one fewer point, as in a running campaign; scikit-learn's
-``GaussianProcessRegressor`` (ARD RBF + white noise, default optimizer) fits from
-scratch, as it is normally used. The data are synthetic and seeded: candidates on a
-3-D manifold embedded nonlinearly in ``dim`` dimensions, a smooth target plus noise.
+step's fit on one fewer point, as in a running campaign, and so do the gpytorch and
+BoTorch references (``latency_refs``: gpytorch ExactGP and DKL, BoTorch SingleTaskGP
+with LogEI); scikit-learn's ``GaussianProcessRegressor`` (ARD RBF + white noise,
+default L-BFGS-B) fits from scratch, as it is normally used. The data are synthetic
+and seeded: candidates on a 3-D manifold embedded nonlinearly in ``dim`` dimensions,
+a smooth target plus noise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoscope.evals.latency_refs import make_references, reference_step
 from autoscope.instruments.replay import load_spectrum_image
 from autoscope.tools.ml.acquisition import expected_improvement
 from autoscope.tools.ml.base import Surrogate
@@ -76,34 +79,61 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _ours_step(model: Surrogate, X: np.ndarray, y: np.ndarray, obs: np.ndarray) -> None:
-    model.fit(X[obs], y[obs])
+def _ours_step(model: Surrogate, X: np.ndarray, y: np.ndarray, obs: np.ndarray) -> int:
+    iterations = model.fit(X[obs], y[obs]).iterations
     mean, var = model.predict(X)
     int(np.argmax(expected_improvement(mean, var, float(y[obs].max()), 0.01)))
+    return iterations
 
 
-def _sklearn_step(X: np.ndarray, y: np.ndarray, obs: np.ndarray) -> None:
+def _sklearn_step(X: np.ndarray, y: np.ndarray, obs: np.ndarray) -> int:
+    from scipy.optimize import minimize
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
+    iterations = 0
+
+    def lbfgsb(obj_func: Callable, initial_theta: np.ndarray, bounds: np.ndarray) -> tuple:
+        """scikit-learn's default optimizer ("fmin_l_bfgs_b"), counting its iterations."""
+        nonlocal iterations
+        res = minimize(obj_func, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds)
+        iterations += int(res.nit)
+        return res.x, res.fun
+
     kernel = ConstantKernel() * RBF(length_scale=np.ones(X.shape[1])) + WhiteKernel()
-    gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True)
+    gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, optimizer=lbfgsb)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lengthscale-at-bound convergence warnings
         gp.fit(X[obs], y[obs])
         mean, std = gp.predict(X, return_std=True)
     int(np.argmax(expected_improvement(mean, std**2, float(y[obs].max()), 0.01)))
+    return iterations
 
 
-def _median_ms(run: Callable[[int], None], steps: int, device: str) -> float:
-    times = []
+def _median_ms(run: Callable[[int], int], steps: int, device: str) -> tuple[float, float]:
+    """(median ms per step, median optimizer iterations per step) over ``steps`` calls."""
+    times, iterations = [], []
     for k in range(steps):
         _sync(device)
         t0 = time.perf_counter()
-        run(k)
+        iterations.append(run(k))
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    return float(np.median(times)), float(np.median(iterations))
+
+
+#: library → (ours → that library's reference of the same model type)
+LIBRARY_REFS = {
+    "gpytorch": {"gp": "gpytorch_exact_gp", "dkl": "gpytorch_dkl"},
+    "botorch": {"gp": "botorch_stgp_logei"},
+}
+#: ours → all library references of the same model type
+SAME_TYPE = {ours: tuple(lib[ours] for lib in LIBRARY_REFS.values() if ours in lib) for ours in ("dkl", "gp")}
+OPTIMIZERS = {
+    "dkl": "AdamW lr 0.01, ≤10 warm steps",
+    "gp": "torch L-BFGS (strong Wolfe), ≤30 warm iterations",
+    "sklearn_ard_gp": "scipy L-BFGS-B from scratch (default)",
+}
 
 
 def bench_latency(
@@ -114,8 +144,10 @@ def bench_latency(
     steps: int = 5,
     seed: int = 0,
     replay: Path | None = None,
+    refs: bool = True,
 ) -> dict[str, Any]:
-    """Median milliseconds per step for DKL, the exact GP and scikit-learn's ARD GP.
+    """Median milliseconds and optimizer iterations per step for DKL and the exact GP,
+    the gpytorch/BoTorch references (unless ``refs=False``) and scikit-learn's ARD GP.
 
     Descriptors are synthetic, or with ``replay`` the PCA-compressed HAADF patches of a
     recorded spectrum image with its band-fraction signal as the target.
@@ -133,42 +165,69 @@ def bench_latency(
         return np.concatenate([base, fresh[k : k + 1]])
 
     step_ms: dict[str, float] = {}
-    models: dict[str, Surrogate] = {
+    iterations: dict[str, float] = {}
+    models: dict[str, Any] = {
         "dkl": DKL(device=device, seed=seed),
         "gp": ExactGP(device=device, seed=seed),
     }
+    optimizers = dict(OPTIMIZERS)
+    if refs:
+        references = make_references(device, seed)
+        models.update(references)
+        optimizers.update({name: ref.optimizer for name, ref in references.items()})
     for name, model in models.items():
+        step = _ours_step if name in SAME_TYPE else reference_step
         model.fit(X[base], y[base])  # the previous step's fit (cold, not timed)
-        _ours_step(copy.deepcopy(model), X, y, obs(0))  # warm-up: first-call overheads
+        step(copy.deepcopy(model), X, y, obs(0))  # warm-up: first-call overheads
 
         copies = [copy.deepcopy(model) for _ in range(steps)]  # each step refits from the same state
 
-        def run(k: int, copies: list[Surrogate] = copies) -> None:
-            _ours_step(copies[k], X, y, obs(k))
+        def run(k: int, copies: list[Any] = copies, step: Callable = step) -> int:
+            return step(copies[k], X, y, obs(k))
 
-        step_ms[name] = _median_ms(run, steps, device)
-        log.info("latency %s: %.1f ms/step", name, step_ms[name])
-    step_ms["sklearn_ard_gp"] = _median_ms(lambda k: _sklearn_step(X, y, obs(k)), steps, "cpu")
-    log.info("latency sklearn_ard_gp: %.1f ms/step", step_ms["sklearn_ard_gp"])
-    sk = step_ms["sklearn_ard_gp"]
+        step_ms[name], iterations[name] = _median_ms(run, steps, device)
+        log.info("latency %s: %.1f ms/step, %g iterations", name, step_ms[name], iterations[name])
+    sk_ms, iterations["sklearn_ard_gp"] = _median_ms(lambda k: _sklearn_step(X, y, obs(k)), steps, "cpu")
+    step_ms["sklearn_ard_gp"] = sk_ms
+    log.info("latency sklearn_ard_gp: %.1f ms/step", sk_ms)
+    order_keys = ["dkl", "gp", *(k for k in models if k not in SAME_TYPE), "sklearn_ard_gp"]
+    speedup: dict[str, dict[str, float]] = {lib: {} for lib in (*LIBRARY_REFS, "fastest_ref")}
+    if refs:  # > 1: ours is faster
+        for lib, pairs in LIBRARY_REFS.items():
+            speedup[lib] = {ours: step_ms[ref] / step_ms[ours] for ours, ref in pairs.items()}
+        for ours, names in SAME_TYPE.items():
+            speedup["fastest_ref"][ours] = min(step_ms[r] for r in names) / step_ms[ours]
     return {
         "candidates": candidates,
         "dim": dim,
         "observations": observations,
         "device": device,
-        "step_ms": {k: step_ms[k] for k in ("dkl", "gp", "sklearn_ard_gp")},
-        "speedup_vs_sklearn": {k: sk / step_ms[k] for k in ("dkl", "gp")},
+        "step_ms": {k: step_ms[k] for k in order_keys},
+        "iterations": {k: iterations[k] for k in order_keys},
+        "optimizer": {k: optimizers[k] for k in order_keys},
+        "speedup_vs_sklearn": {k: sk_ms / step_ms[k] for k in ("dkl", "gp")},
+        "speedup_vs_gpytorch": speedup["gpytorch"],
+        "speedup_vs_botorch": speedup["botorch"],
+        "speedup_vs_fastest_ref": speedup["fastest_ref"],
     }
 
 
 def format_latency(result: dict[str, Any]) -> str:
-    """A small table: method, ms per step, speedup over scikit-learn."""
+    """A table (method, ms per step, median optimizer iterations, speedup over
+    scikit-learn, optimizer) and how ours compare with the library references."""
     lines = [
         f"step latency: {result['candidates']} candidates × {result['dim']} dims × "
         f"{result['observations']} observations on {result['device']}",
-        f"{'method':<16}{'ms/step':>12}{'× sklearn':>12}",
+        f"{'method':<20}{'ms/step':>10}{'iters':>7}{'× sklearn':>11}  optimizer",
     ]
+    sk = result["step_ms"]["sklearn_ard_gp"]
     for name, ms in result["step_ms"].items():
-        ratio = result["speedup_vs_sklearn"].get(name, 1.0)
-        lines.append(f"{name:<16}{ms:>12.1f}{ratio:>11.1f}×")
+        iters = result["iterations"][name]
+        lines.append(f"{name:<20}{ms:>10.1f}{iters:>7g}{sk / ms:>10.1f}×  {result['optimizer'][name]}")
+    for ours, ratio in result["speedup_vs_fastest_ref"].items():
+        refs = SAME_TYPE[ours]
+        fastest = min(refs, key=lambda r: result["step_ms"][r])
+        verdict = "faster" if ratio >= 1.0 else "slower"
+        shown = ratio if ratio >= 1.0 else 1.0 / ratio
+        lines.append(f"{ours}: {shown:.2f}× {verdict} than the fastest library reference ({fastest})")
     return "\n".join(lines)

@@ -61,6 +61,10 @@ class Family(BaseModel):
     budget: int = Field(120, ge=10, le=5000, description="spectra the goal may spend")
     rounds: int = Field(1, ge=1, le=10)
     autonomy: Literal["manual", "supervised", "autonomous"] = "autonomous"
+    pipeline: bool = Field(
+        False,
+        description="the model runs beside the instrument and steps are stored while the next is measured",
+    )
     person: dict[Gate, list[PersonAnswer]] = Field(
         default_factory=dict,
         description="a scripted person's answers at a gate, in order (then approve); needs manual autonomy",
@@ -103,6 +107,7 @@ class Task(BaseModel):
     rounds: int
     autonomy: str
     person: dict[str, list[str]] = {}
+    pipeline: bool = False
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
@@ -153,6 +158,7 @@ def tasks(suite: Suite, split: Split = "all") -> list[Task]:
                 rounds=f.rounds,
                 autonomy=f.autonomy,
                 person={k: list(v) for k, v in f.person.items()},
+                pipeline=f.pipeline,
             )
             if split in ("all", t.split):
                 out.append(t)

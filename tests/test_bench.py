@@ -46,7 +46,9 @@ def test_discovery_json_shape_on_the_twin():
 
 
 def test_latency_json_shape():
-    out = bench("latency", "--candidates", "256", "--dim", "8", "--observations", "20", "--steps", "2")
+    out = bench(
+        "latency", "--candidates", "256", "--dim", "8", "--observations", "20", "--steps", "2", "--no-refs"
+    )
     assert out["candidates"] == 256 and out["dim"] == 8 and out["observations"] == 20
     assert set(out["step_ms"]) == {"dkl", "gp", "sklearn_ard_gp"}
     assert set(out["speedup_vs_sklearn"]) == {"dkl", "gp"}
@@ -114,6 +116,7 @@ def test_both_benchmarks_run_on_replayed_data(recorded: Path, tmp_path: Path):
         "30",
         "--steps",
         "2",
+        "--no-refs",
     )
     assert lat["candidates"] == 300 and lat["step_ms"]["dkl"] > 0
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -111,12 +113,42 @@ class Acquirer:
         attempts: int = 4,
         backoff_s: float = 0.05,
         on_conflict: OnConflict = "refuse",
+        background_saves: bool = False,
     ):
+        """``background_saves``: write each step to the store on a writer thread while the caller
+        goes on (the next acquisition overlaps the write); at most one write is in flight, so a
+        crash loses at most the step just measured, which a resume acquires again. ``flush``
+        waits for it (and raises what it raised)."""
         self.microscope = microscope
         self.store = store
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.on_conflict = on_conflict
+        #: wall-clock seconds spent inside the instrument's acquire calls (retries included): the
+        #: time the column was busy, against which a campaign measures its dead time
+        self.instrument_s = 0.0
+        self._writer = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoscope-store")
+            if background_saves
+            else None
+        )
+        self._pending: Future[Any] | None = None
+        self._pending_id: str | None = None
+
+    def flush(self) -> None:
+        """Wait for the store write in flight, if any (re-raising its error)."""
+        pending, self._pending, self._pending_id = self._pending, None, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Flush and stop the writer thread."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
     def _retrying(self, step_id: str) -> Retrying:
         def record_failure(state: Any) -> None:
@@ -175,6 +207,8 @@ class Acquirer:
     ) -> Record:
         """The record of ``step_id`` for ``request``: read back when stored with the same request,
         else acquired (retried), checked and stored (under a new revision if the id was taken)."""
+        if self._pending_id is not None and self._pending_id.split(".r", 1)[0] == step_id:
+            self.flush()  # the same step again: look it up once its write is done
         sid, stored, request = self._stored(step_id, request)
         if stored:
             log.info("step %s already in the store; not re-acquired", sid)
@@ -185,8 +219,12 @@ class Acquirer:
             )
 
         def once() -> Record:
-            with beam_on(self.microscope):
-                rec = acquire()
+            t0 = time.perf_counter()
+            try:
+                with beam_on(self.microscope):
+                    rec = acquire()
+            finally:
+                self.instrument_s += time.perf_counter() - t0
             data = rec.data if isinstance(rec, ImageRecord) else rec.counts
             if frame_is_corrupt(data):
                 raise CorruptFrame(f"data of step {sid} failed the integrity check")
@@ -194,7 +232,14 @@ class Acquirer:
 
         record = self._retrying(sid)(once)
         request = {**request, "current_pA": float(record.current_pA)}
-        save(sid, record, request=request, request_sha256=request_sha256(request), **extra)
+        if self._writer is None:
+            save(sid, record, request=request, request_sha256=request_sha256(request), **extra)
+        else:
+            self.flush()  # at most one write in flight
+            self._pending_id = sid
+            self._pending = self._writer.submit(
+                save, sid, record, request=request, request_sha256=request_sha256(request), **extra
+            )
         return record
 
     def image(

@@ -46,6 +46,7 @@ from autoscope.tools.ml.descriptors import (
 from autoscope.tools.ml.monitors import DriftMonitor, OODMonitor, StuckMonitor
 from autoscope.tools.ml.recovery import RecoveringSurrogate
 from autoscope.tools.ml.scalarizers import Scalarizer
+from autoscope.tools.pipeline import Decision, DecisionPipeline, Timing, start_warm_up
 from autoscope.tools.store import RunStore
 from autoscope.tools.survey import IMAGE_STEP, SurveyPlan, run_survey
 
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 Method = Literal["dkl", "gp", "random", "raster"]
 METHODS: tuple[Method, ...] = ("dkl", "gp", "random", "raster")
+#: the default of ``CampaignConfig.sparse_above``: ``tools.ml.sparse.SPARSE_ABOVE`` (not imported: torch)
+SPARSE_ABOVE = 1000
 
 
 class CampaignConfig(BaseModel):
@@ -69,6 +72,14 @@ class CampaignConfig(BaseModel):
     patch: PatchSpec = PatchSpec()
     scalarizer: Scalarizer
     acquisition: AcquisitionSpec = AcquisitionSpec(kind="ei")
+    sparse_above: int | None = Field(
+        SPARSE_ABOVE,
+        ge=0,
+        description="observations beyond which the model's GP head is the sparse one (Titsias' bound on at "
+        "most `inducing` points, tools/ml/sparse.py): measured where the exact step stops keeping up; "
+        "null: always exact",
+    )
+    inducing: int = Field(512, ge=1, description="the sparse head's inducing points, at most")
     y_transform: Literal["none", "log"] = Field(
         "none",
         description="what the model learns: y itself, or log y (a positive, heavy-tailed signal such as "
@@ -82,6 +93,13 @@ class CampaignConfig(BaseModel):
     drift_threshold_nm: float | None = Field(None, gt=0, description="default: one survey pixel")
     stuck_window: int = Field(15, ge=3)
     stop_on: tuple[MonitorKind, ...] = ()
+    pipeline: bool = Field(
+        False,
+        description="refit the model on a worker thread while the instrument measures, choosing from "
+        "the posterior one batch behind the newest spectra (tools/pipeline.py): the column does not "
+        "wait for the model, and decisions depend on timing",
+    )
+    pipeline_max_batch: int = Field(16, ge=1, description="the most candidates one pipelined fit chooses")
 
     def with_(self, **changes) -> CampaignConfig:
         """A validated copy with ``changes`` (a campaign file plus command-line overrides)."""
@@ -131,6 +149,7 @@ class CampaignResult:
     mean: np.ndarray | None = None  # final posterior mean over the candidates
     std: np.ndarray | None = None
     recoveries: int = 0  # model fits recovered by the ladder (tools/ml/recovery.py)
+    timing: Timing = field(default_factory=Timing)
 
     @property
     def failed(self) -> list[StepInfo]:
@@ -152,23 +171,33 @@ class CampaignResult:
 
 
 def make_model(
-    method: Method, seed: int, on_recovery: Callable[[dict], None] | None = None
+    method: Method,
+    seed: int,
+    on_recovery: Callable[[dict], None] | None = None,
+    *,
+    sparse_above: int | None = SPARSE_ABOVE,
+    inducing: int = 512,
 ) -> RecoveringSurrogate | None:
-    """The method's surrogate behind the recovery ladder (``tools/ml/recovery.py``); None for baselines."""
+    """The method's surrogate behind the recovery ladder (``tools/ml/recovery.py``); None for baselines.
+    Beyond ``sparse_above`` observations (None: never) the model and its fallback fit the sparse head."""
     from autoscope.tools.ml.gp import ExactGP
 
     def fallback() -> Surrogate:
-        return ExactGP(ard=False, seed=seed)
+        return ExactGP(ard=False, seed=seed, sparse_above=sparse_above, inducing=inducing)
 
     if method == "dkl":
         from autoscope.tools.ml.dkl import DKL
 
         return RecoveringSurrogate(
-            lambda dtype: DKL(seed=seed, dtype=dtype), fallback, on_recovery=on_recovery
+            lambda dtype: DKL(seed=seed, dtype=dtype, sparse_above=sparse_above, inducing=inducing),
+            fallback,
+            on_recovery=on_recovery,
         )
     if method == "gp":  # already float64: the ladder is a cold refit, then a fresh GP
         return RecoveringSurrogate(
-            lambda _dtype: ExactGP(ard=False, seed=seed), fallback, on_recovery=on_recovery
+            lambda _dtype: ExactGP(ard=False, seed=seed, sparse_above=sparse_above, inducing=inducing),
+            fallback,
+            on_recovery=on_recovery,
         )
     return None
 
@@ -206,7 +235,8 @@ class Campaign:
         self.config = config
         self.prefix = prefix
         self.survey = survey
-        self.acq = Acquirer(microscope, store, on_conflict="rekey")
+        # pipelined: each step's store write overlaps the next acquisition too
+        self.acq = Acquirer(microscope, store, on_conflict="rekey", background_saves=config.pipeline)
         self.rng = np.random.default_rng(config.seed)
 
     # ---------------------------------------------------------------- set-up
@@ -238,6 +268,8 @@ class Campaign:
         on_event: Callable[[MonitorEvent], None] | None = None,
     ) -> CampaignResult:
         cfg = self.config
+        if cfg.method in ("dkl", "gp"):
+            start_warm_up()  # torch's start-up cost overlaps the survey instead of the first decision
         survey = self._survey()
         margin = cfg.patch.window_px // 2
         base_grid = candidate_grid(survey, cfg.stride_px, margin)
@@ -250,7 +282,9 @@ class Campaign:
         def recovered(info: dict) -> None:
             self.store.append_event("model_recovered", step=len(result.steps), **info)
 
-        model = make_model(cfg.method, cfg.seed, on_recovery=recovered)
+        model = make_model(
+            cfg.method, cfg.seed, on_recovery=recovered, sparse_above=cfg.sparse_above, inducing=cfg.inducing
+        )
         seeds = [int(i) for i in self.rng.choice(m, size=min(cfg.seed_points, m), replace=False)]
         order = self._baseline_order(grid) if model is None else []
 
@@ -279,6 +313,18 @@ class Campaign:
         report: FitReport | None = None
         queue: list[int] = []
         budget = min(cfg.budget, m)
+        pipeline = None
+        if model is not None and cfg.pipeline:
+            pipeline = DecisionPipeline(
+                self._model_step(model, X, result),
+                min_batch=cfg.acquisition.q,
+                max_batch=max(cfg.pipeline_max_batch, cfg.acquisition.q),
+                explore=lambda blocked: int(self.rng.choice(np.flatnonzero(~blocked))),
+                max_explore=3 * cfg.seed_points,
+            )
+        timing = result.timing
+        timing.pipelined = pipeline is not None
+        loop_t0, instrument0 = time.perf_counter(), self.acq.instrument_s
 
         def emit(event: MonitorEvent | None) -> bool:
             if event is None:
@@ -295,91 +341,116 @@ class Campaign:
                 return True
             return False
 
-        for k in range(budget):
-            if cfg.drift_check_every and k and k % cfg.drift_check_every == 0:
-                grid, reference, stop = self._drift_check(
-                    k, reference, base_grid, featurizer, drift, ood, emit
+        try:
+            for k in range(budget):
+                if cfg.drift_check_every and k and k % cfg.drift_check_every == 0:
+                    grid, reference, stop = self._drift_check(
+                        k, reference, base_grid, featurizer, drift, ood, emit
+                    )
+                    result.grid = grid
+                    if stop:
+                        break
+                step_id = f"{al}{k:04d}"
+                t0 = time.perf_counter()
+                mean_std, explored = None, False
+                if step_id in done:
+                    cand, phase = int(done[step_id]["candidate"]), done[step_id]["phase"]
+                elif model is None:
+                    cand, phase = next(i for i in order if not measured[i]), "baseline"
+                elif k < len(seeds) and not measured[seeds[k]]:
+                    cand, phase = seeds[k], "seed"
+                else:
+                    if not queue and len(result.y) < 2:  # too few usable spectra to fit: explore
+                        queue = [int(i) for i in self.rng.permutation(np.flatnonzero(~measured))[:1]]
+                    if not queue and pipeline is not None:  # the model runs beside the instrument
+                        taken = pipeline.take(
+                            measured, measured_idx(result), model_targets(result.y, cfg.y_transform)
+                        )
+                        queue = [taken.candidate]
+                        if taken.decision is None:  # no posterior yet: one more seed point meanwhile
+                            explored = True
+                        else:
+                            report, mean_std = taken.decision.report, taken.decision.mean_std
+                    elif not queue:
+                        y_model = model_targets(result.y, cfg.y_transform)
+                        t_fit = time.perf_counter()
+                        report = model.fit(X[measured_idx(result)], y_model)
+                        choice = choose_detailed(
+                            model,
+                            X,
+                            grid.xy_nm,
+                            measured,
+                            cfg.acquisition,
+                            rng=self.rng,
+                            best_y=float(np.max(y_model)),
+                        )
+                        timing.model_s += time.perf_counter() - t_fit
+                        queue = list(choice.indices)
+                        mean_std = float(np.mean(np.sqrt(np.maximum(choice.var, 0.0))))
+                    cand, phase = queue.pop(0), ("seed" if explored else "active")
+                model_s = time.perf_counter() - t0
+                if k >= len(seeds) and model is not None and step_id not in done:
+                    timing.decision_wait_s += model_s
+                    if timing.first_decision_s is None and phase == "active":
+                        timing.first_decision_s = model_s
+                x_nm, y_nm = grid.xy_nm[cand]
+                record: SpectrumRecord | None = None
+                if step_id in lost:
+                    y, failed = math.nan, lost[step_id]["reason"]
+                else:
+                    try:
+                        record = self.acq.spectrum(
+                            step_id,
+                            x_nm=float(x_nm),
+                            y_nm=float(y_nm),
+                            dwell_s=cfg.spectrum_dwell_s,
+                            energy_min_eV=cfg.energy_min_eV,
+                            energy_max_eV=cfg.energy_max_eV,
+                            candidate=cand,
+                            phase=phase,
+                            method=cfg.method,
+                        )
+                        y, failed = scalarise(cfg.scalarizer, record)
+                    except CorruptFrame as exc:  # retried by the Acquirer; still garbled: nothing stored
+                        y, failed = math.nan, f"the frame stayed corrupt through every retry: {exc}"
+                    if failed is not None and step_id not in done:  # a resume reads it back: logged once
+                        log.warning("step %s at candidate %d: %s", step_id, cand, failed)
+                        self.store.append_event(
+                            "measurement_failed",
+                            step_id=step_id,
+                            candidate=cand,
+                            phase=phase,
+                            reason=failed,
+                            stored=record is not None,
+                        )
+                measured[cand] = True  # a failed measurement is not retaken
+                if failed is None:
+                    result.measured.append(cand)
+                    result.y.append(y)
+                info = StepInfo(
+                    k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std, failed
                 )
-                result.grid = grid
-                if stop:
-                    break
-            step_id = f"{al}{k:04d}"
-            t0 = time.perf_counter()
-            mean_std = None
-            if step_id in done:
-                cand, phase = int(done[step_id]["candidate"]), done[step_id]["phase"]
-            elif model is None:
-                cand, phase = next(i for i in order if not measured[i]), "baseline"
-            elif k < len(seeds) and not measured[seeds[k]]:
-                cand, phase = seeds[k], "seed"
-            else:
-                if not queue and len(result.y) < 2:  # too few usable spectra to fit: explore
-                    queue = [int(i) for i in self.rng.permutation(np.flatnonzero(~measured))[:1]]
-                if not queue:
-                    y_model = model_targets(result.y, cfg.y_transform)
-                    report = model.fit(X[measured_idx(result)], y_model)
-                    choice = choose_detailed(
-                        model,
-                        X,
-                        grid.xy_nm,
-                        measured,
-                        cfg.acquisition,
-                        rng=self.rng,
-                        best_y=float(np.max(y_model)),
-                    )
-                    queue = list(choice.indices)
-                    mean_std = float(np.mean(np.sqrt(np.maximum(choice.var, 0.0))))
-                cand, phase = queue.pop(0), "active"
-            model_s = time.perf_counter() - t0
-            x_nm, y_nm = grid.xy_nm[cand]
-            record: SpectrumRecord | None = None
-            if step_id in lost:
-                y, failed = math.nan, lost[step_id]["reason"]
-            else:
-                try:
-                    record = self.acq.spectrum(
-                        step_id,
-                        x_nm=float(x_nm),
-                        y_nm=float(y_nm),
-                        dwell_s=cfg.spectrum_dwell_s,
-                        energy_min_eV=cfg.energy_min_eV,
-                        energy_max_eV=cfg.energy_max_eV,
-                        candidate=cand,
-                        phase=phase,
-                        method=cfg.method,
-                    )
-                    y, failed = scalarise(cfg.scalarizer, record)
-                except CorruptFrame as exc:  # retried by the Acquirer; still garbled: nothing stored
-                    y, failed = math.nan, f"the frame stayed corrupt through every retry: {exc}"
-                if failed is not None and step_id not in done:  # a resume reads it back: logged once
-                    log.warning("step %s at candidate %d: %s", step_id, cand, failed)
-                    self.store.append_event(
-                        "measurement_failed",
-                        step_id=step_id,
-                        candidate=cand,
-                        phase=phase,
-                        reason=failed,
-                        stored=record is not None,
-                    )
-            measured[cand] = True  # a failed measurement is not retaken
-            if failed is None:
-                result.measured.append(cand)
-                result.y.append(y)
-            info = StepInfo(k, step_id, cand, phase, y, record, step_id in done, model_s, mean_std, failed)
-            result.steps.append(info)
-            if on_step:
-                try:
-                    on_step(info)
-                except CampaignStop as stop:
-                    result.stop_reason = str(stop) or "stopped"
-                    self.store.append_event("campaign_stopped", reason=result.stop_reason, step=k)
-                    log.info("campaign stopped after step %d: %s", k, result.stop_reason)
-                    break
-            # the stuck monitor judges what the model chose
-            if phase == "active" and failed is None and record is not None:
-                y_sd = float(cfg.scalarizer.uncertainty(record))
-                if emit(stuck.update(k, y, report, y_sd=y_sd)):
-                    break
+                result.steps.append(info)
+                if on_step:
+                    try:
+                        on_step(info)
+                    except CampaignStop as stop:
+                        result.stop_reason = str(stop) or "stopped"
+                        self.store.append_event("campaign_stopped", reason=result.stop_reason, step=k)
+                        log.info("campaign stopped after step %d: %s", k, result.stop_reason)
+                        break
+                # the stuck monitor judges what the model chose
+                if phase == "active" and failed is None and record is not None:
+                    y_sd = float(cfg.scalarizer.uncertainty(record))
+                    if emit(stuck.update(k, y, report, y_sd=y_sd)):
+                        break
+        finally:
+            self.acq.close()  # the last step's write is in the store
+            if pipeline is not None:
+                pipeline.close()
+                timing.batches = list(pipeline.batches)
+            timing.wall_s = time.perf_counter() - loop_t0
+            timing.instrument_s = self.acq.instrument_s - instrument0
 
         if model is not None and len(result.y) >= 2:
             model.fit(X[measured_idx(result)], model_targets(result.y, cfg.y_transform))
@@ -400,8 +471,32 @@ class Campaign:
             model_recoveries=result.recoveries,
             stopped_by=result.stopped_by.kind if result.stopped_by else None,
             best_y=max(result.y) if result.y else None,
+            timing=result.timing.as_dict(),
         )
         return result
+
+    def _model_step(self, model: Surrogate, X: np.ndarray, result: CampaignResult):
+        """The pipelined model step: fit on the rows given, choose a batch among the unblocked
+        candidates, spread out by the acquisition's minimum separation (``tools/pipeline.py``)."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, 1])  # the worker's own stream: the loop keeps self.rng
+        radius = max(cfg.acquisition.penalty_radius_nm, cfg.acquisition.min_separation_nm)
+
+        def step(rows: np.ndarray, y_model: np.ndarray, blocked: np.ndarray, q: int) -> Decision:
+            t0 = time.perf_counter()
+            if blocked.all():
+                return Decision([], None, None, len(y_model), 0.0)
+            report = model.fit(X[rows], y_model)
+            spec = cfg.acquisition.model_copy(update={"q": q, "penalty_radius_nm": radius})
+            choice = choose_detailed(
+                model, X, result.grid.xy_nm, blocked, spec, rng=rng, best_y=float(np.max(y_model))
+            )
+            spread = float(np.mean(np.sqrt(np.maximum(choice.var, 0.0))))
+            model_s = time.perf_counter() - t0
+            result.timing.model_s += model_s
+            return Decision(list(choice.indices), report, spread, len(y_model), model_s)
+
+        return step
 
     def _drift_check(self, k, reference, base_grid, featurizer, drift, ood, emit):
         """Repeat the survey, re-register it, re-aim the candidates; check the new patches are familiar.

@@ -171,16 +171,51 @@ def execute_plan(
     should_stop: Callable[[], str | None] = lambda: None,
     on_step: Callable[[StepInfo], None] | None = None,
     figure_dir: Path | None = None,
+    pipeline: bool = False,
 ) -> RoundResult:
     """Run (or resume) ``plan`` for ``h``; see the module doc.
 
     ``run_survey_matches``: the plan's survey is the run's stored one (reused, no new dose).
     ``smap``: the survey map audit and sites steps draw from (needed when the plan has them).
     ``acknowledged``: monitor kinds a person already let continue in this round.
+    ``pipeline``: the active scan's model runs beside the instrument (``tools/pipeline.py``) and
+    every step is written to the store while the next one is measured.
     """
+    acq = Acquirer(microscope, store, on_conflict="rekey", background_saves=pipeline)
+    try:
+        return _execute(
+            acq,
+            plan,
+            h,
+            seed,
+            run_survey_matches,
+            smap,
+            acknowledged,
+            should_stop,
+            on_step,
+            figure_dir,
+            pipeline,
+        )
+    finally:
+        acq.close()  # what was measured is in the store, whatever ended the round
+
+
+def _execute(
+    acq: Acquirer,
+    plan: Plan,
+    h: Hypothesis,
+    seed: int,
+    run_survey_matches: bool,
+    smap: SurveyMap | None,
+    acknowledged: frozenset[str],
+    should_stop: Callable[[], str | None],
+    on_step: Callable[[StepInfo], None] | None,
+    figure_dir: Path | None,
+    pipeline: bool,
+) -> RoundResult:
+    microscope, store = acq.microscope, acq.store
     prefix = f"{h.id}-"
     sv = plan.survey
-    acq = Acquirer(microscope, store, on_conflict="rekey")
     microscope.set_beam_current(sv.current_pA)  # the interlock refuses a current beyond the limit
     if run_survey_matches:
         survey_step = IMAGE_STEP
@@ -218,7 +253,7 @@ def execute_plan(
             budget, extra = step.spectra, budget - step.spectra
         try:
             if isinstance(step, ActiveScanStep) and budget:
-                cfg = compile_campaign(plan, h, seed, budget)
+                cfg = compile_campaign(plan, h, seed, budget).with_(pipeline=pipeline)
                 if acknowledged:
                     cfg = cfg.with_(stop_on=[k for k in cfg.stop_on if k not in acknowledged])
                 result = Campaign(microscope, store, cfg, prefix=prefix, survey=survey).run(
@@ -269,6 +304,7 @@ def execute_plan(
             figure = str(
                 campaign_figure(result, Path(figure_dir) / f"{h.id}.png", title=f"{h.id}: {h.statement[:70]}")
             )
+    acq.flush()
     steps = [e["step_id"] for e in store.events("acquisition") if e["step_id"].startswith(prefix)]
     return RoundResult(
         prefix=prefix,

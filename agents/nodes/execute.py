@@ -42,6 +42,7 @@ def execute(state: GraphState, runtime: Runtime[RunContext]) -> GraphState:
             should_stop=ctx.should_stop,
             on_step=ctx.on_step,
             figure_dir=ctx.run_dir if ctx.figures else None,
+            pipeline=ctx.spec.template.pipeline,
         )
     except SafetyLimitExceeded as exc:
         log.warning("%s stopped at a safety limit: %s", h.id, exc)

@@ -42,6 +42,12 @@ class SimConfig(BaseModel):
     stage_speed_nm_per_s: float = Field(1000.0, gt=0)
     stage_settle_s: float = Field(0.5, ge=0)
     timeout_s: float = Field(5.0, ge=0, description="time lost by an acquisition that times out")
+    real_time: bool = Field(
+        False,
+        description="each acquisition, stage move and wait lasts its simulated time on the wall clock "
+        "(the call sleeps for what the simulation did not use), as a real detector's exposure does: "
+        "for measuring how long the column waits for the software",
+    )
 
     # injected faults: probability per acquisition
     timeout_rate: float = Field(0.0, ge=0, le=1)

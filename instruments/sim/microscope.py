@@ -19,8 +19,12 @@ faults and damage, so the same seed gives bit-identical results.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -89,6 +93,28 @@ class DriftProcess:
         wx = np.interp(t_s, t, w[:, 0])
         wy = np.interp(t_s, t, w[:, 1])
         return float(t_s * self._v[0] + wx), float(t_s * self._v[1] + wy)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def paced(method: _F) -> _F:
+    """With ``SimConfig.real_time``, the call lasts at least the simulated time it advanced the clock
+    by (an exception included: a timeout also costs its time)."""
+
+    @functools.wraps(method)
+    def call(self: SimMicroscope, *args: Any, **kwargs: Any) -> Any:
+        if not self._config.real_time:
+            return method(self, *args, **kwargs)
+        clock0, wall0 = self._clock_s, time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            left = (self._clock_s - clock0) - (time.perf_counter() - wall0)
+            if left > 0:
+                time.sleep(left)
+
+    return call  # type: ignore[return-value]
 
 
 class SimMicroscope(LocalBackend):
@@ -172,6 +198,7 @@ class SimMicroscope(LocalBackend):
             )
 
     # ---------------------------------------------------------------- Imaging
+    @paced
     def acquire_image(
         self,
         fov_nm: float,
@@ -248,6 +275,7 @@ class SimMicroscope(LocalBackend):
         )
 
     # ---------------------------------------------------------------- Spectroscopy
+    @paced
     def acquire_spectrum(
         self, x_nm: float, y_nm: float, dwell_s: float, energy_min_eV: float, energy_max_eV: float
     ) -> SpectrumRecord:
@@ -303,6 +331,7 @@ class SimMicroscope(LocalBackend):
         self._probe_offset = (float(x_nm) - self._stage[0], float(y_nm) - self._stage[1])
 
     # ---------------------------------------------------------------- Stage
+    @paced
     def move_stage(self, x_nm: float, y_nm: float) -> None:
         x_nm, y_nm = self._check_stage_target(x_nm, y_nm)
         dist = math.hypot(x_nm - self._stage[0], y_nm - self._stage[1])
@@ -319,6 +348,7 @@ class SimMicroscope(LocalBackend):
         self._stage = (x_nm, y_nm)
         self._advance_clock(travel_s + c.stage_settle_s)
 
+    @paced
     def wait(self, duration_s: float) -> None:
         """Let ``duration_s`` of instrument time pass; an unblanked, parked probe keeps exposing."""
         if not (math.isfinite(duration_s) and duration_s >= 0):

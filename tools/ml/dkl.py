@@ -8,6 +8,12 @@ weights, the kernel and the optimiser state; the first layer is re-expressed exa
 when the input standardisation moves, so a warm refit only has to absorb the new point.
 Against overfitting on few points: a small latent space, weight decay, early stopping,
 and the kernel priors (the noise cannot collapse below its floor).
+
+Beyond ``sparse_above`` observations the head is trained on Titsias' collapsed bound
+instead (``tools/ml/sparse.py``), its inducing points a subset of the training inputs
+(chosen in the latent space at the start of each fit, then carried through the network as
+it trains): O(n m²) per step instead of O(n³); weights, kernel and optimiser state carry
+over the switch unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ from autoscope.tools.ml.kernels import (
     as_matrix,
     fit_threads,
     resolve_device,
+)
+from autoscope.tools.ml.sparse import (
+    INDUCING,
+    SPARSE_ABOVE,
+    SparsePosterior,
+    keep_inducing,
+    select_inducing,
+    sparse_loss,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +93,9 @@ class DKL(PosteriorModel):
     ``max_iter`` bounds a cold fit and ``warm_iter`` a warm refit (AdamW steps at
     learning rate ``lr``); both stop early when the loss has not improved by
     ``tol`` (per observation) for ``patience`` steps. ``embed`` returns the latent
-    features. ``sample`` is joint: exact up to 1024 points, pathwise beyond.
+    features. ``sample`` is joint: exact up to 1024 points, pathwise beyond. With more than
+    ``sparse_above`` observations (``None``: never) the GP head is the sparse one on at most
+    ``inducing`` points (``FitReport.extra["sparse"]`` says which).
     """
 
     def __init__(
@@ -96,11 +112,19 @@ class DKL(PosteriorModel):
         patience: int = 15,
         tol: float = 1e-4,
         seed: int = 0,
+        sparse_above: int | None = SPARSE_ABOVE,
+        inducing: int = INDUCING,
     ) -> None:
         if kernel not in ("rbf", "matern52"):
             raise ValueError(f"kernel must be 'rbf' or 'matern52', got {kernel!r}")
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be ≥ 1, got {latent_dim}")
+        if sparse_above is not None and sparse_above < 0:
+            raise ValueError(f"sparse_above must be ≥ 0 or None, got {sparse_above}")
+        if inducing < 1:
+            raise ValueError(f"inducing must be ≥ 1, got {inducing}")
+        self.sparse_above = sparse_above
+        self.inducing = inducing
         self.hidden = tuple(hidden)
         self.latent_dim = latent_dim
         self.kernel: KernelKind = kernel
@@ -120,10 +144,12 @@ class DKL(PosteriorModel):
         self._net: FeatureExtractor | None = None
         self._head: GPHead | None = None
         self._opt: torch.optim.Optimizer | None = None
-        self._post: Posterior | None = None
+        self._post: Posterior | SparsePosterior | None = None
         self._xs: Standardizer | None = None
         self._y_mean = 0.0
         self._y_std = 1.0
+        self._inducing_x: np.ndarray | None = None  # inducing inputs in the units of X
+        self._inducing_at = 0  # observations when they were chosen
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=self.dtype, device=self.device)
@@ -160,15 +186,26 @@ class DKL(PosteriorModel):
             lin.weight.mul_(ratio)
         self._head.rescale_targets(self._y_std / y_std, (self._y_mean - y_mean) / y_std)
 
-    def _train(self, Z: torch.Tensor, y: torch.Tensor, max_steps: int) -> tuple[int, float]:
+    def _loss(self, Z: torch.Tensor, y: torch.Tensor, inducing: torch.Tensor | None) -> torch.Tensor:
+        """The exact loss, or the sparse one on the latent features of the (standardised)
+        inducing inputs: they move with the network as it trains."""
+        assert self._net is not None and self._head is not None
+        F = self._net(Z)
+        if inducing is None:
+            return self._head.loss(F, y)
+        return sparse_loss(self._head, F, y, self._net(inducing))
+
+    def _train(
+        self, Z: torch.Tensor, y: torch.Tensor, max_steps: int, inducing: torch.Tensor | None = None
+    ) -> tuple[int, float]:
         """AdamW on the joint loss until it plateaus; returns (steps, best loss)."""
         assert self._net is not None and self._head is not None and self._opt is not None
-        net, head, opt = self._net, self._head, self._opt
+        net, opt = self._net, self._opt
         net.train()
         best, since_best, steps = math.inf, 0, 0
         for steps in range(1, max_steps + 1):  # noqa: B007 - steps is reported
             opt.zero_grad(set_to_none=True)
-            loss = head.loss(net(Z), y)
+            loss = self._loss(Z, y, inducing)
             loss.backward()
             opt.step()
             value = float(loss.detach())
@@ -196,15 +233,25 @@ class DKL(PosteriorModel):
         assert self._net is not None and self._head is not None
         Z = self._tensor(xs(X))
         yt = self._tensor((y - y_mean) / y_std)
+        sparse = self.sparse_above is not None and len(y) > self.sparse_above
         with fit_threads(self.device, len(y)):
-            steps, _ = self._train(Z, yt, self.warm_iter if warm else self.max_iter)
+            inducing = self._inducing(Z, warm) if sparse else None
+            steps, _ = self._train(Z, yt, self.warm_iter if warm else self.max_iter, inducing)
+            if sparse and not warm:  # chosen on the untrained network: choose again on the trained one
+                inducing = self._inducing(Z, False)
+                steps += self._train(Z, yt, self.warm_iter, inducing)[0]
             self._net.eval()
             with torch.no_grad():
                 F = self._net(Z)
-                nll = float(self._head.loss(F, yt)) * len(y)
-            self._post = Posterior.build(self._head, F, yt)
+                if inducing is None:
+                    nll = float(self._head.loss(F, yt)) * len(y)
+                    self._post = Posterior.build(self._head, F, yt)
+                else:
+                    U = self._net(inducing)
+                    nll = float(sparse_loss(self._head, F, yt, U)) * len(y)
+                    self._post = SparsePosterior.build(self._head, F, yt, U)
         fit_s = time.perf_counter() - t0
-        log.debug("DKL fit n=%d warm=%s steps=%d in %.3f s", len(y), warm, steps, fit_s)
+        log.debug("DKL fit n=%d warm=%s sparse=%s steps=%d in %.3f s", len(y), warm, sparse, steps, fit_s)
         head = self._head
         return FitReport(
             n_observations=len(y),
@@ -213,8 +260,28 @@ class DKL(PosteriorModel):
             neg_log_marginal_likelihood=nll,
             outputscale=float(head.outputscale.detach()),
             noise=float(head.noise.detach()),
-            extra={"warm": warm, "lengthscale": head.lengthscale.detach().cpu().tolist()},
+            extra={
+                "warm": warm,
+                "lengthscale": head.lengthscale.detach().cpu().tolist(),
+                "evaluations": steps,  # of the loss with its gradient, one per AdamW step
+                "sparse": sparse,
+                "inducing": len(y) if inducing is None else int(inducing.shape[0]),
+            },
         )
+
+    def _inducing(self, Z: torch.Tensor, warm: bool) -> torch.Tensor:
+        """Standardised inducing inputs: the previous ones while ``keep_inducing`` says so on a warm
+        fit, else rows of Z chosen by greedy variance selection on their latent features."""
+        assert self._net is not None and self._head is not None and self._xs is not None
+        n, d = Z.shape
+        if warm and keep_inducing(self._inducing_x, self._inducing_at, n, d, min(self.inducing, n)):
+            assert self._inducing_x is not None
+            return self._tensor(self._xs(self._inducing_x))
+        with torch.no_grad():
+            chosen = Z[select_inducing(self._head, self._net(Z), self.inducing, self.seed)]
+        self._inducing_x = self._xs.mean + chosen.double().cpu().numpy() * self._xs.scale
+        self._inducing_at = n
+        return chosen
 
     def _latent(self, X: np.ndarray) -> torch.Tensor:
         if self._post is None or self._xs is None or self._net is None:
