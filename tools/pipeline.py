@@ -98,8 +98,14 @@ def warm_up_torch() -> None:
     model.predict(X)
 
 
+_warm_up: threading.Thread | None = None
+_warm_up_lock = threading.Lock()
+
+
 def start_warm_up() -> threading.Thread:
-    """``warm_up_torch`` on a daemon thread (a failure there is logged, never raised)."""
+    """``warm_up_torch`` on a daemon thread, once per process: the cost it pays is process-wide, so
+    later campaigns (every round of a run) get the same thread back (a failure is logged, never raised)."""
+    global _warm_up
 
     def run() -> None:
         try:
@@ -107,9 +113,11 @@ def start_warm_up() -> threading.Thread:
         except Exception as exc:  # noqa: BLE001 - only a head start; the real fit reports errors
             log.info("torch warm-up failed: %s", exc)
 
-    thread = threading.Thread(target=run, name="autoscope-warm-up", daemon=True)
-    thread.start()
-    return thread
+    with _warm_up_lock:
+        if _warm_up is None:
+            _warm_up = threading.Thread(target=run, name="autoscope-warm-up", daemon=True)
+            _warm_up.start()
+        return _warm_up
 
 
 @dataclass(frozen=True)
@@ -217,7 +225,12 @@ class DecisionPipeline:
         if self._future is not None and self._future.done():
             self._land(measured)  # a newer posterior is ready: use it
         self._queue = [i for i in self._queue if not measured[i]]
-        if not self._queue and self.fits == 0 and self._explore is not None and self.explored < self.max_explore:
+        if (
+            not self._queue
+            and self.fits == 0
+            and self._explore is not None
+            and self.explored < self.max_explore
+        ):
             if self._future is None:  # the first (cold) fit starts now, on everything measured so far
                 self._submit(rows.copy(), y.copy(), measured.copy())
             cand = self._explore(self._blocked(measured, None))  # no posterior yet: explore meanwhile

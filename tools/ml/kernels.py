@@ -172,8 +172,26 @@ class GPHead(torch.nn.Module):
             self.log_noise.fill_(math.log(noise_excess))
 
 
+class JointOrPathwise:
+    """Posterior samples: exact joint for at most ``JOINT_SAMPLE_MAX`` points, pathwise beyond
+    (``Posterior`` and the sparse one each define the two samplers)."""
+
+    @torch.no_grad()
+    def sample(self, Zs: torch.Tensor, n_samples: int, rng: np.random.Generator) -> torch.Tensor:
+        """(n_samples, m) joint posterior samples at features Zs."""
+        if Zs.shape[0] <= JOINT_SAMPLE_MAX:
+            return self._sample_joint(Zs, n_samples, rng)
+        return self._sample_pathwise(Zs, n_samples, rng)
+
+    def _sample_joint(self, Zs: torch.Tensor, n_samples: int, rng: np.random.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _sample_pathwise(self, Zs: torch.Tensor, n_samples: int, rng: np.random.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+
 @dataclass
-class Posterior:
+class Posterior(JointOrPathwise):
     """The fitted GP conditioned on the training features, ready for fast prediction."""
 
     head: GPHead
@@ -202,13 +220,6 @@ class Posterior:
             V = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
             variances.append((os - (V * V).sum(0)).clamp_min(1e-10 * float(os)))
         return torch.cat(means), torch.cat(variances)
-
-    @torch.no_grad()
-    def sample(self, Zs: torch.Tensor, n_samples: int, rng: np.random.Generator) -> torch.Tensor:
-        """(n_samples, m) posterior samples: exact joint for m ≤ JOINT_SAMPLE_MAX, else pathwise."""
-        if Zs.shape[0] <= JOINT_SAMPLE_MAX:
-            return self._sample_joint(Zs, n_samples, rng)
-        return self._sample_pathwise(Zs, n_samples, rng)
 
     def _sample_joint(self, Zs: torch.Tensor, n_samples: int, rng: np.random.Generator) -> torch.Tensor:
         mean, _ = self.mean_var(Zs)

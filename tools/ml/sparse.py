@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from autoscope.tools.ml.kernels import (
-    JOINT_SAMPLE_MAX,
     N_FOURIER_FEATURES,
     PREDICT_CHUNK,
     GPHead,
+    JointOrPathwise,
     cholesky_jitter,
 )
 
@@ -133,7 +133,7 @@ def sparse_loss(head: GPHead, Z: torch.Tensor, y: torch.Tensor, U: torch.Tensor)
 
 
 @dataclass
-class SparsePosterior:
+class SparsePosterior(JointOrPathwise):
     """The SGPR posterior q(f) = ∫ p(f | u) q(u) du, cached for fast prediction.
 
     q(u) = N(K_uu w, L_uu L_B⁻ᵀ L_B⁻¹ L_uuᵀ); mean(x) = k(x, U) w and
@@ -174,13 +174,6 @@ class SparsePosterior:
             means.append(self.head.mean_const + Kus.T @ self.w)
             variances.append((os - (T1 * T1).sum(0) + (T2 * T2).sum(0)).clamp_min(1e-10 * float(os)))
         return torch.cat(means), torch.cat(variances)
-
-    @torch.no_grad()
-    def sample(self, Zs: torch.Tensor, n_samples: int, rng: np.random.Generator) -> torch.Tensor:
-        """(n_samples, m) joint samples: exact for m ≤ JOINT_SAMPLE_MAX, else pathwise through u."""
-        if Zs.shape[0] <= JOINT_SAMPLE_MAX:
-            return self._sample_joint(Zs, n_samples, rng)
-        return self._sample_pathwise(Zs, n_samples, rng)
 
     def _sample_joint(self, Zs: torch.Tensor, n_samples: int, rng: np.random.Generator) -> torch.Tensor:
         mean, _ = self.mean_var(Zs)
